@@ -1,0 +1,30 @@
+# The two commands of the README. Both create .venv on first use; nothing needs to be installed beforehand
+# except Python >= 3.10 and make.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DATA ?= data
+
+.PHONY: bench test perf clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+## The main job: generate the small MotionShapes preset and check it (later: run the benchmark suite).
+bench: $(VENV)/.installed
+	$(BIN)/vsbench data synth --preset small --out $(DATA)/motionshapes-small
+	$(BIN)/vsbench data check $(DATA)/motionshapes-small
+
+## The test suite (CPU, under 10 minutes on 2 cores).
+test: $(VENV)/.installed
+	$(BIN)/python -m pytest tests -q
+
+## Throughput benchmarks (pytest-benchmark; not part of the tests).
+perf: $(VENV)/.installed
+	$(BIN)/python -m pytest benchmarks/perf --benchmark-only -q
+
+clean:
+	rm -rf $(VENV) .pytest_cache .benchmarks

@@ -1,0 +1,206 @@
+"""From a data set index and a sampling request to uint8 batches, with worker processes.
+
+The loader delivers what the device-side pipeline needs and nothing more: uint8 clips
+``rgb`` (B, clips, T, H, W, 3) and, when asked, quantized optical flow ``flow``
+(B, clips, T, H, W, 2), plus ``label``, ``index`` and ``frame_indices``. Conversion to float and
+augmentation happen on the device (:mod:`harness.data.transforms`), never in the workers.
+
+Randomness is a function of (seed, epoch, video index), so a batch does not depend on which
+worker produced it, and a resumed run draws the same clips as an uninterrupted one.
+
+Undecodable videos. In training (``strict=False``) a video that raises
+:class:`~harness.data.video.CorruptVideo` is dropped from its batch, counted, and named once in
+a warning (:attr:`VideoLoader.skipped`). In evaluation (``strict=True``) it stops the run with
+the file's name: evaluation never replaces one video by another.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from harness.data.datasets import VideoDataset
+from harness.data.sampling import ClipSpec, random_clips, uniform_clips
+from harness.data.video import CorruptVideo, read_frames
+
+log = logging.getLogger(__name__)
+MODALITIES = ("rgb", "flow")
+MODES = ("random", "uniform")
+
+
+@dataclass(frozen=True)
+class LoadRequest:
+    """What to load per video: clips (frames, stride, count), modalities and decode size."""
+
+    spec: ClipSpec = ClipSpec()
+    mode: str = "random"  # "random" for training, "uniform" (evenly spaced, deterministic) for evaluation
+    modalities: tuple[str, ...] = ("rgb",)
+    size: tuple[int, int] | None = None  # (H, W) to resize to while decoding; None keeps the file's size
+    flow_root: str | None = None  # flow cache of `vsbench data flow`, needed for "flow"
+    backend: str = "decord"
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        unknown = set(self.modalities) - set(MODALITIES)
+        if unknown or not self.modalities:
+            raise ValueError(f"modalities must be a non-empty subset of {MODALITIES}, got {self.modalities!r}")
+        if "flow" in self.modalities and not self.flow_root:
+            raise ValueError("the 'flow' modality needs flow_root (compute it with `vsbench data flow`)")
+
+
+class ClipDataset(Dataset):
+    """Torch dataset over a :class:`VideoDataset`; items are ``index`` or ``(index, epoch)``."""
+
+    def __init__(self, videos: VideoDataset, request: LoadRequest, *, seed: int = 0, strict: bool = False):
+        self.videos = videos
+        self.request = request
+        self.seed = seed
+        self.strict = strict
+
+    def __len__(self) -> int:
+        return len(self.videos)
+
+    def frame_indices(self, index: int, epoch: int) -> np.ndarray:
+        """(clips, frames) indices for video ``index`` in ``epoch``."""
+        rec, spec = self.videos[index], self.request.spec
+        if self.request.mode == "uniform":
+            return uniform_clips(rec.num_frames, spec.frames, spec.clips, _fixed(spec.stride), spec.short)
+        return random_clips(rec.num_frames, spec, np.random.default_rng([self.seed, epoch, index]))
+
+    def __getitem__(self, item: int | tuple[int, int]) -> dict:
+        index, epoch = item if isinstance(item, tuple) else (item, 0)
+        rec = self.videos[index]
+        try:
+            if not rec.ok:
+                raise CorruptVideo(rec.path, rec.error)
+            idx = self.frame_indices(index, epoch)
+            sample = {"index": index, "label": rec.label, "frame_indices": torch.from_numpy(idx)}
+            for modality in self.request.modalities:
+                sample[modality] = self._read(modality, rec, idx)
+            return sample
+        except CorruptVideo as err:
+            if self.strict:
+                raise
+            return {"index": index, "skipped": (err.path, err.reason)}
+
+    def _read(self, modality: str, rec, idx: np.ndarray) -> torch.Tensor:
+        clips, frames = idx.shape
+        if modality == "rgb":
+            data = read_frames(rec.path, idx.reshape(-1), backend=self.request.backend, size=self.request.size, num_frames=rec.num_frames)
+        else:
+            from harness.data.modalities import read_flow
+
+            data = read_flow(self.request.flow_root, Path(rec.path).stem, idx.reshape(-1), size=self.request.size)
+        return torch.from_numpy(np.ascontiguousarray(data)).reshape(clips, frames, *data.shape[1:])
+
+
+def _fixed(stride) -> float:
+    if isinstance(stride, (tuple, list)):
+        raise ValueError("uniform (evaluation) clips need a fixed stride, not a range")
+    return float(stride)
+
+
+def collate_clips(items: list[dict]) -> dict:
+    """Stack the decoded samples; list the skipped ones under ``skipped`` as (path, reason)."""
+    good = [it for it in items if "skipped" not in it]
+    batch: dict = {"skipped": [it["skipped"] for it in items if "skipped" in it]}
+    if good:
+        for key in good[0]:
+            values = [it[key] for it in good]
+            batch[key] = torch.stack(values) if isinstance(values[0], torch.Tensor) else torch.tensor(values)
+    return batch
+
+
+class EpochSampler(Sampler):
+    """Yields (video index, epoch) pairs: shuffled per epoch from (seed, epoch), split over ranks.
+
+    Training (``pad=True``) pads by wrapping so every rank gets the same number of samples, as
+    DDP needs. Evaluation (``shuffle=False, pad=False``) gives each rank a disjoint slice, so every
+    video is visited exactly once across ranks.
+    """
+
+    def __init__(self, n: int, *, shuffle: bool, seed: int = 0, rank: int = 0, world_size: int = 1, pad: bool = True):
+        self.n, self.shuffle, self.seed, self.rank, self.world_size, self.pad = n, shuffle, seed, rank, world_size, pad
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _order(self) -> list[int]:
+        if not self.shuffle:
+            return list(range(self.n))
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return torch.randperm(self.n, generator=g).tolist()
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        order = self._order()
+        if self.pad and self.n:
+            total = math.ceil(self.n / self.world_size) * self.world_size
+            order = (order * math.ceil(total / self.n))[:total]
+        return iter((i, self.epoch) for i in order[self.rank :: self.world_size])
+
+    def __len__(self) -> int:
+        if self.pad:
+            return math.ceil(self.n / self.world_size)
+        return len(range(self.rank, self.n, self.world_size))
+
+
+class VideoLoader:
+    """A DataLoader over clips that drops, counts and names undecodable videos (training only)."""
+
+    def __init__(self, loader: DataLoader, sampler: EpochSampler):
+        self.loader = loader
+        self.sampler = sampler
+        self.skipped: dict[str, str] = {}  # path -> reason, for every video skipped so far
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[dict]:
+        for batch in self.loader:
+            for path, reason in batch["skipped"]:
+                if path not in self.skipped:
+                    log.warning("skipping undecodable video %s: %s", path, reason)
+                    self.skipped[path] = reason
+            if "index" in batch:  # at least one video of the batch decoded
+                yield batch
+
+
+def make_loader(
+    videos: VideoDataset,
+    request: LoadRequest,
+    batch_size: int,
+    *,
+    train: bool,
+    workers: int = 4,
+    seed: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+) -> VideoLoader:
+    """A training loader (shuffled, tail batch dropped, skips undecodable videos) or an
+    evaluation loader (fixed order, every video once across ranks, no dropped tail, strict)."""
+    dataset = ClipDataset(videos, request, seed=seed, strict=not train)
+    sampler = EpochSampler(len(videos), shuffle=train, seed=seed, rank=rank, world_size=world_size, pad=train)
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=collate_clips,
+        pin_memory=torch.cuda.is_available(),
+        drop_last=train,
+        persistent_workers=workers > 0,
+        prefetch_factor=4 if workers > 0 else None,
+    )
+    return VideoLoader(loader, sampler)

@@ -1,0 +1,1 @@
+"""Self-supervised methods, one module each, on the `Method` interface of `methods.base`."""

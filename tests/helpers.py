@@ -1,0 +1,50 @@
+"""Small real data sets written by the tests: videos with known content, official split files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from harness.data.video import write_video
+
+
+def level_frames(n: int, height: int = 32, width: int = 64) -> np.ndarray:
+    """Frames whose grey level encodes the frame index (frame t has level 20 + 7 * (t % 30))."""
+    levels = 20 + 7 * (np.arange(n) % 30)
+    return np.broadcast_to(levels[:, None, None, None], (n, height, width, 3)).astype(np.uint8).copy()
+
+
+def frame_level(frame: np.ndarray) -> int:
+    """The frame index a :func:`level_frames` frame encodes (mod 30)."""
+    return int(round((float(frame.mean()) - 20) / 7))
+
+
+def truncate(path: Path, fraction: float = 0.5) -> Path:
+    """Cut a video file to ``fraction`` of its bytes: its header still claims every frame."""
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * fraction)])
+    return path
+
+
+def write_ucf_like(root: Path, classes: dict[str, int], frames: int = 24) -> Path:
+    """A UCF101-layout data set: ``classes`` maps class name -> number of groups (1 clip each).
+
+    Group 1 of every class is the test split of split 1, the rest train. Lists use CRLF, as the
+    official files do.
+    """
+    ann = root / "ucfTrainTestlist"
+    ann.mkdir(parents=True)
+    lines_ind, train, test = [], [], []
+    for label, (name, groups) in enumerate(classes.items(), 1):
+        lines_ind.append(f"{label} {name}")
+        (root / "UCF-101" / name).mkdir(parents=True)
+        for g in range(1, groups + 1):
+            rel = f"{name}/v_{name}_g{g:02d}_c01.avi"
+            write_video(root / "UCF-101" / rel, level_frames(frames + g))
+            (test if g == 1 else train).append(rel if g == 1 else f"{rel} {label}")
+    (ann / "classInd.txt").write_text("\r\n".join(lines_ind) + "\r\n")
+    for k in (1, 2, 3):
+        (ann / f"trainlist0{k}.txt").write_text("\r\n".join(train) + "\r\n")
+        (ann / f"testlist0{k}.txt").write_text("\r\n".join(test) + "\r\n")
+    return root
