@@ -13,10 +13,11 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 
-## The main job: generate the small MotionShapes preset and check it (later: run the benchmark suite).
+## The main job: generate MotionShapes (small preset), check it, and run the smoke suite on the CPU.
 bench: $(VENV)/.installed
 	$(BIN)/vsbench data synth --preset small --out $(DATA)/motionshapes-small
 	$(BIN)/vsbench data check $(DATA)/motionshapes-small
+	$(BIN)/vsbench run benchmarks/suites/smoke.toml
 
 ## The test suite (CPU, under 10 minutes on 2 cores).
 test: $(VENV)/.installed

@@ -1,1 +1,48 @@
-"""Video backbones (R3D, R(2+1)D, C3D, S3D, tiny CPU variants) returning pooled features and stage maps."""
+"""Video backbones (R3D, R(2+1)D, C3D, S3D, tiny CPU variants) returning pooled features and stage maps.
+
+Build one by name::
+
+    from backbones import create_backbone, list_backbones
+    net = create_backbone("r3d_vcop", in_channels=3)
+    feats = net(clips)                                   # (B, 512)
+    maps = net.forward_stages(clips, ("layer3", "layer4"))  # {"layer3", "layer4", "pooled"}
+
+Every backbone has the stages ``stem, layer1, layer2, layer3, layer4`` (see :mod:`backbones.base`)
+and the same initialisation. ``describe_backbones()`` tabulates parameters and forward GMACs.
+"""
+
+from .base import (
+    POOLED,
+    STAGE_NAMES,
+    UnknownBackboneError,
+    VideoBackbone,
+    count_gmacs,
+    count_params,
+    create_backbone,
+    describe_backbones,
+    init_weights,
+    list_backbones,
+    register_backbone,
+)
+from .c3d import C3D
+from .resnet3d import ResNet3D, factorized_midplanes
+from .s3d import S3D, s3d_state_dict_from_torchvision
+
+__all__ = [
+    "C3D",
+    "POOLED",
+    "STAGE_NAMES",
+    "S3D",
+    "ResNet3D",
+    "UnknownBackboneError",
+    "VideoBackbone",
+    "count_gmacs",
+    "count_params",
+    "create_backbone",
+    "describe_backbones",
+    "factorized_midplanes",
+    "init_weights",
+    "list_backbones",
+    "register_backbone",
+    "s3d_state_dict_from_torchvision",
+]

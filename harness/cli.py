@@ -1,5 +1,9 @@
 """The ``vsbench`` command line.
 
+    vsbench run SUITE     run a benchmark suite (methods x backbones x seeds), tracked in MLflow
+    vsbench pretrain      pretrain one method on one data set
+    vsbench methods       list the registered methods and their paper recipes
+    vsbench backbones     list the backbones with parameters and GMACs at 16x112x112
     vsbench data synth    generate the MotionShapes data set (UCF101 layout)
     vsbench data check    scan a data set: counts per class and split, corrupt and short videos
     vsbench data flow     compute the optical-flow cache of a data set once
@@ -120,6 +124,147 @@ def _cmd_flow(args) -> int:
     return 1 if failed else 0
 
 
+def _add_pretrain(commands) -> None:
+    p = commands.add_parser(
+        "pretrain",
+        help="pretrain one method on one data set",
+        description="Pretrain a registered method. Settings come from the method's paper recipe, then from --config "
+        "(a TOML file with PretrainConfig keys), then from the options below. The run is tracked in MLflow "
+        "(sqlite:///mlflow.db by default) and checkpointed every epoch; --resume continues a killed run.",
+    )
+    p.add_argument("--config", type=Path, help="TOML file of PretrainConfig keys (method, backbone, [data], epochs, lr, ...)")
+    p.add_argument("--method", help="registered method name (see `vsbench methods`)")
+    p.add_argument("--backbone", help="registered backbone name (see `vsbench backbones`)")
+    p.add_argument("--data", help="data set path: UCF101/HMDB51 root or CSV list")
+    p.add_argument("--epochs", type=int, help="epochs (the recipe's milestones scale with it)")
+    p.add_argument("--batch-size", type=int, help="global batch per optimizer step")
+    p.add_argument("--lr", type=float, help="base learning rate")
+    p.add_argument("--steps-per-epoch", type=int, help="cap optimizer steps per epoch (small budgets)")
+    p.add_argument("--workers", type=int, help="data loader worker processes")
+    p.add_argument("--device", help="auto, cpu or cuda")
+    p.add_argument("--seed", type=int, help="random seed")
+    p.add_argument("--output-dir", help="where run folders (checkpoints, encoder weights) go (default runs/)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any PretrainConfig key, dotted for nested ones, value in TOML syntax (e.g. --set method_args.queue_size=256)")
+    p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint if there is one")
+    p.set_defaults(func=_cmd_pretrain)
+
+
+_PRETRAIN_FLAGS = {"method": "method", "backbone": "backbone", "epochs": "epochs", "batch_size": "batch_size", "lr": "lr",
+                   "steps_per_epoch": "steps_per_epoch", "device": "device", "seed": "seed", "output_dir": "output_dir",
+                   "tracking_uri": "tracking_uri"}
+
+
+def _parse_set(items: list[str]) -> dict:
+    from harness.config import ConfigError, tomllib
+
+    out: dict = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
+        try:
+            parsed = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            parsed = value  # a bare word is a string
+        node = out
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = parsed
+    return out
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    merged = dict(base)
+    for key, value in extra.items():
+        merged[key] = _merge(merged.get(key, {}), value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+    return merged
+
+
+def _cmd_pretrain(args) -> int:
+    from harness.config import PretrainConfig, from_dict, load_toml
+    from harness.train import pretrain
+
+    values = load_toml(args.config) if args.config else {}
+    values = _merge(values, {key: getattr(args, flag) for flag, key in _PRETRAIN_FLAGS.items() if getattr(args, flag) is not None})
+    if args.data or args.workers is not None:
+        data = {"path": args.data} if args.data else {}
+        data |= {"workers": args.workers} if args.workers is not None else {}
+        values = _merge(values, {"data": data})
+    values = _merge(values, _parse_set(args.set))
+    config = from_dict(PretrainConfig, values, where=str(args.config) if args.config else "")
+    if not config.data.path:
+        raise UserError("no data set: pass --data PATH or set data.path in --config")
+    result = pretrain(config, resume=args.resume, config_file=args.config)
+    from harness.distributed import rank
+
+    if rank() != 0:
+        return 0
+    print(f"pretrained {config.method} on {config.data.path}: {result.steps} steps, {result.wall_time_s:.1f} s, "
+          f"{result.clips_per_s:.1f} clips/s, final loss {result.final_loss:.4f}")
+    print(f"encoder weights: {result.encoder_path}; MLflow run {result.run_id}")
+    return 0
+
+
+def _add_run(commands) -> None:
+    p = commands.add_parser(
+        "run",
+        help="run a benchmark suite (TOML) end to end",
+        description="Run every (method or ablation row, backbone, seed) of a suite file under one parent MLflow run. "
+        "Runs already finished with the same configuration are skipped unless --force. Suites ship in benchmarks/suites/.",
+    )
+    p.add_argument("suite", type=Path, help="suite file, e.g. benchmarks/suites/smoke.toml")
+    p.add_argument("--force", action="store_true", help="rerun runs that finished before")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    p.set_defaults(func=_cmd_run)
+
+
+def _cmd_run(args) -> int:
+    from harness.suite import run_suite
+
+    records = run_suite(args.suite, force=args.force, tracking_uri=args.tracking_uri)
+    done = sum(not r["skipped"] for r in records)
+    print(f"suite {args.suite}: {done} runs trained, {len(records) - done} skipped (finished before)")
+    for r in records:
+        print(f"  {r['row']:<24} run {r['run_id']}{'  (skipped)' if r['skipped'] else ''}")
+    return 0
+
+
+def _add_listings(commands) -> None:
+    p = commands.add_parser("methods", help="list registered methods and their paper recipes",
+                            description="List every registered method (built in and from the vsbench.methods entry point group).")
+    p.set_defaults(func=_cmd_methods)
+    p = commands.add_parser("backbones", help="list backbones with parameters and GMACs at 16x112x112",
+                            description="List every registered backbone with its parameter count, forward GMACs for one "
+                            "16x112x112 clip (FLOPs/2, counted by torch's FlopCounterMode) and feature dimension.")
+    p.set_defaults(func=_cmd_backbones)
+
+
+def _cmd_methods(args) -> int:
+    from methods.base import get_method, list_methods
+
+    for name in list_methods():
+        cls = get_method(name)
+        r = cls.recipe
+        summary = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        print(f"{name:<8} {summary}")
+        print(f"{'':<8} recipe: {r.optimizer} lr {r.lr} wd {r.weight_decay}, {r.schedule} {list(r.milestones)} x{r.gamma}, "
+              f"{r.epochs} epochs, batch {r.batch_size}")
+    return 0
+
+
+def _cmd_backbones(args) -> int:
+    import pandas as pd
+
+    from backbones import describe_backbones
+
+    table = pd.DataFrame(describe_backbones()).set_index("name")
+    print(table.to_string())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vsbench",
@@ -127,6 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"vsbench {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_run(commands)
+    _add_pretrain(commands)
+    _add_listings(commands)
     data = commands.add_parser("data", help="data sets: generate, check, precompute flow", description="Data set tools.")
     data_sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
     _add_data_synth(data_sub)
@@ -144,15 +292,23 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``vsbench`` console script."""
+    from harness.config import ConfigError
     from harness.data.datasets import DatasetError
+    from harness.train import NonFiniteLoss
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (UserError, DatasetError, ValueError) as err:
+    except (UserError, ConfigError, DatasetError) as err:
         print(f"vsbench: error: {err}", file=sys.stderr)
         return 2
+    except KeyError as err:  # unknown method or backbone: the message lists the valid names
+        print(f"vsbench: error: {err.args[0] if err.args else err}", file=sys.stderr)
+        return 2
+    except NonFiniteLoss as err:
+        print(f"vsbench: training stopped: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -1,0 +1,199 @@
+"""Typed configs (dataclasses), TOML loading and validation with errors that name the key.
+
+Every config the harness reads is a dataclass; :func:`from_dict` fills one from plain data
+(a TOML table, CLI overrides), rejecting unknown keys (listing the allowed ones) and values of
+the wrong type (naming the expected type). ``where`` threads the dotted path of the key through
+nested tables, so an error reads ``suite.toml: methods.moco.lr: expected float, got 'fast'``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot be used; the message names the key."""
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        concrete = [o for o in options if o is not type(None)]
+        if len(concrete) == 1:  # Optional[X]: X's own, more precise error
+            return _coerce(value, concrete[0], where)
+        for option in concrete:
+            try:
+                return _coerce(value, option, where)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{where}: expected {' or '.join(_type_name(o) for o in options)}, got {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if dataclasses.is_dataclass(value):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a table of {_type_name(tp)} fields, got {value!r}")
+        return from_dict(tp, value, where=where)
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        args = typing.get_args(tp)
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(args) != len(value):
+                raise ConfigError(f"{where}: expected {len(args)} values, got {len(value)}")
+            return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        item = args[0] if args else Any
+        items = [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a table, got {value!r}")
+        return dict(value)
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, str, bool):
+        if isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
+            return value
+        raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
+    if isinstance(tp, type) and isinstance(value, tp):
+        return value
+    raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+
+
+def from_dict(cls: type, data: dict, *, where: str = "") -> Any:
+    """Instantiate dataclass ``cls`` from ``data``; missing keys take the class defaults."""
+    if not dataclasses.is_dataclass(cls):
+        raise TypeError(f"{cls!r} is not a dataclass")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    values = {}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else key
+        if key not in fields:
+            raise ConfigError(f"{path}: unknown key; allowed keys are {', '.join(sorted(fields))}")
+        values[key] = _coerce(value, hints[key], path)
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{where or cls.__name__}: {err}") from err
+
+
+def to_dict(config: Any) -> dict:
+    """A (nested) dataclass config as plain data."""
+    return dataclasses.asdict(config)
+
+
+def config_hash(data: Any) -> str:
+    """A short, stable hash of plain config data (dataclasses are converted first)."""
+    if dataclasses.is_dataclass(data):
+        data = to_dict(data)
+    text = json.dumps(data, sort_keys=True, default=str)
+    return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+def load_toml(path: str | Path) -> dict:
+    """Read a TOML file; a syntax error names the file and position."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError as err:
+        raise ConfigError(f"{path}: no such file") from err
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: {err}") from err
+
+
+# ----------------------------------------------------------------------------- pretraining config
+
+
+@dataclass
+class DataConfig:
+    """Which data set to pretrain on, and how to read it."""
+
+    path: str = ""  # a UCF101/HMDB51 root or a CSV list (see `vsbench data check`)
+    format: str = "auto"  # auto | ucf101 | hmdb51 | csv
+    split: int = 1
+    subset: str = "train"
+    workers: int = 4  # DataLoader worker processes
+    backend: str = "decord"  # decord | pyav
+    flow_root: str | None = None  # flow cache for methods that use flow (default <path>/flow)
+
+
+@dataclass
+class PretrainConfig:
+    """Everything one pretraining run needs. Recipe fields left as None take the method's paper recipe."""
+
+    method: str = "moco"
+    backbone: str = "r3d_18"
+    data: DataConfig = field(default_factory=DataConfig)
+    method_args: dict = field(default_factory=dict)  # overrides of the method's Config (paper defaults)
+    backbone_args: dict = field(default_factory=dict)
+    # recipe overrides
+    epochs: int | None = None
+    batch_size: int | None = None
+    optimizer: str | None = None
+    lr: float | None = None
+    weight_decay: float | None = None
+    momentum: float | None = None
+    schedule: str | None = None
+    milestones: tuple[float, ...] | None = None
+    gamma: float | None = None
+    warmup_epochs: float | None = None
+    # budget and engine
+    decode_size: tuple[int, int] | None = None  # (H, W) to decode at, overriding the method's DataSpec (e.g. small CPU runs)
+    steps_per_epoch: int | None = None  # cap optimizer steps per epoch (small budgets); None = the whole data set
+    accumulate: int = 1  # gradient accumulation: micro-batches per optimizer step
+    clip_grad: float | None = None  # max gradient norm
+    amp: bool = True  # bf16 autocast on CUDA (CPU runs are fp32)
+    channels_last: bool = True  # channels_last_3d memory format on CUDA
+    cudnn_benchmark: bool = True
+    compile: bool = False  # torch.compile the method
+    sync_bn: bool = False  # synchronised BatchNorm across ranks
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    # outputs
+    output_dir: str = "runs"
+    run_name: str | None = None
+    checkpoint_every: int = 1  # epochs between checkpoints (the last epoch is always saved)
+    log_every: int = 10  # steps between metric records
+    experiment: str = "vsbench"
+    tracking_uri: str | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.accumulate < 1:
+            raise ValueError(f"accumulate must be >= 1, got {self.accumulate}")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ValueError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
+
+
+def resolve_recipe(recipe, config: PretrainConfig):
+    """The method's recipe with the config's overrides; milestones scale with an epoch override."""
+    overrides = {
+        f.name: getattr(config, f.name) for f in dataclasses.fields(recipe) if getattr(config, f.name, None) is not None
+    }
+    if "epochs" in overrides and "milestones" not in overrides and recipe.epochs:
+        scale = overrides["epochs"] / recipe.epochs
+        overrides["milestones"] = tuple(round(m * scale, 3) for m in recipe.milestones)
+    return dataclasses.replace(recipe, **overrides)

@@ -1,0 +1,477 @@
+"""The pretraining loop every method shares.
+
+One optimizer step: take ``accumulate`` uint8 micro-batches from the loader, move them to the
+device, augment them there (per-clip parameters, see :mod:`harness.data.transforms`), call the
+method's ``training_step`` under bf16 autocast (CUDA; fp32 on CPU), check the loss is finite,
+backpropagate, clip, step the timm optimizer and scheduler, and run the method's
+``after_optimizer_step`` hook (momentum encoders, queues).
+
+Runs are resumable and crash-safe: checkpoints hold the model (queues and banks are buffers),
+optimizer, scheduler, RNG states and position, are written atomically (temp file + rename) and
+loaded with ``weights_only=True``. A resumed run reaches the same parameters as an uninterrupted
+one (same seed, CPU), because every random draw is a function of saved state or of
+(seed, epoch, index). A NaN/Inf loss stops the run, names the step and the last good
+checkpoint, and marks the tracked run FAILED.
+
+Batch size means the *global* batch of one optimizer step: each rank loads
+``batch_size / (world_size * accumulate)`` videos per micro-batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import inspect
+import logging
+import os
+import resource
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from timm.optim import create_optimizer_v2
+from timm.scheduler import create_scheduler_v2
+from tqdm.auto import tqdm
+
+from backbones import create_backbone
+from harness.config import PretrainConfig, config_hash, resolve_recipe, to_dict
+from harness.data.datasets import VideoDataset, open_dataset
+from harness.data.loader import LoadRequest, VideoLoader, make_loader
+from harness.data.sampling import ClipSpec
+from harness.data.transforms import VideoAugment
+from harness.distributed import DistInfo, convert_sync_batchnorm, init_distributed
+from methods.base import DataSpec, Method, Recipe, StepOutput, TrainState, config_dict, create_method
+
+log = logging.getLogger(__name__)
+CHECKPOINT = "last.pt"
+ENCODER = "encoder.pt"
+_OPTIMIZERS = {"sgd": "momentum", "adam": "adam", "adamw": "adamw"}  # vsbench name -> timm name (timm's "sgd" is Nesterov)
+SCHEDULES = ("none", "step", "multistep", "cosine")
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN or Inf; the message names the step and the last good checkpoint."""
+
+
+@dataclass
+class PretrainResult:
+    """What a finished pretraining run produced."""
+
+    run_dir: Path
+    encoder_path: Path
+    steps: int
+    wall_time_s: float
+    clips_per_s: float
+    peak_memory_mb: float
+    final_loss: float
+    run_id: str | None = None
+    skipped_videos: int = 0
+
+
+# ----------------------------------------------------------------------------- building blocks
+
+
+def build_optimizer(params, recipe: Recipe) -> torch.optim.Optimizer:
+    """A timm optimizer for the recipe; weight decay applies to every parameter, as in the papers."""
+    if recipe.optimizer not in _OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {', '.join(_OPTIMIZERS)}, got {recipe.optimizer!r}")
+    extra = {"momentum": recipe.momentum} if recipe.optimizer == "sgd" else {"betas": recipe.betas}
+    return create_optimizer_v2(params, opt=_OPTIMIZERS[recipe.optimizer], lr=recipe.lr, weight_decay=recipe.weight_decay, **extra)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe, steps_per_epoch: int):
+    """A timm scheduler stepped per optimizer step (``step_update(step)``).
+
+    Milestones are in epochs and may be fractional (scaled budgets). timm's multistep decays
+    when ``t + 1`` reaches a milestone; milestones are shifted by one update so the decay takes
+    effect exactly at ``milestone * steps_per_epoch`` optimizer steps, like PyTorch's MultiStepLR.
+    ``step`` decays every ``milestones[0]`` epochs.
+    """
+    if recipe.schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {recipe.schedule!r}")
+    common = dict(num_epochs=recipe.epochs, step_on_epochs=False, updates_per_epoch=steps_per_epoch,
+                  warmup_epochs=recipe.warmup_epochs, warmup_lr=0.0, warmup_prefix=False)
+    if recipe.schedule == "cosine":
+        scheduler, _ = create_scheduler_v2(optimizer, sched="cosine", min_lr=0.0, **common)
+        return scheduler
+    milestones = _milestones(recipe)
+    shift = 1.0 / steps_per_epoch
+    scheduler, _ = create_scheduler_v2(optimizer, sched="multistep", decay_milestones=[m + shift for m in milestones],
+                                       decay_rate=recipe.gamma, **common)
+    return scheduler
+
+
+def _milestones(recipe: Recipe) -> list[float]:
+    if recipe.schedule == "none":
+        return []
+    if recipe.schedule == "step":
+        if not recipe.milestones or recipe.milestones[0] <= 0:
+            raise ValueError("schedule 'step' needs milestones = [period in epochs]")
+        period = recipe.milestones[0]
+        return [period * k for k in range(1, int(recipe.epochs / period) + 1)]
+    return sorted(recipe.milestones)
+
+
+def load_request(spec: DataSpec, config: PretrainConfig) -> LoadRequest:
+    """The loader request a method's DataSpec asks for."""
+    modalities = spec.modalities
+    flow_root = config.data.flow_root or (str(Path(config.data.path) / "flow") if "flow" in modalities else None)
+    return LoadRequest(ClipSpec(spec.frames, spec.stride, spec.clips), mode="random", modalities=modalities,
+                       size=spec.decode_size, flow_root=flow_root, backend=config.data.backend)
+
+
+class DeviceAugment:
+    """uint8 loader batches -> augmented float (B, clips, C, T, h, w) per modality, on the device."""
+
+    def __init__(self, spec: DataSpec, device: torch.device, seed: int, channels_last: bool):
+        self.spec = spec
+        self.rgb = VideoAugment(spec.augment)
+        self.flow = VideoAugment(spec.augment, flow=True)
+        self.device = device
+        self.channels_last = channels_last
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __call__(self, batch: dict) -> dict:
+        out = {k: v.to(self.device, non_blocking=True) for k, v in batch.items() if isinstance(v, torch.Tensor) and k not in self.spec.modalities}
+        rgb = batch["rgb"].to(self.device, non_blocking=True) if "rgb" in batch else None
+        b, clips = next(batch[m] for m in self.spec.modalities).shape[:2]
+        crop = None
+        if rgb is not None:
+            flat = rgb.flatten(0, 1)
+            crop = self.rgb.sample_crop(flat, self.generator)
+            if self.spec.shared_crop:
+                crop = _repeat_crop(crop, b, clips)
+            out["rgb"] = self._finish(self.rgb(flat, self.generator, crop), b, clips)
+        if "flow" in self.spec.modalities:
+            flow = batch["flow"].to(self.device, non_blocking=True).flatten(0, 1)
+            crop = crop if crop is not None else self.flow.sample_crop(flow, self.generator)
+            out["flow"] = self._finish(self.flow(flow, self.generator, crop), b, clips)
+        return out
+
+    def _finish(self, x: torch.Tensor, b: int, clips: int) -> torch.Tensor:
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+        return x.unflatten(0, (b, clips))
+
+
+def _repeat_crop(crop, b: int, clips: int):
+    """Give every clip of a video the crop drawn for its first clip."""
+    first = torch.arange(b, device=crop.x0.device).repeat_interleave(clips) * clips
+    return dataclasses.replace(crop, **{f.name: getattr(crop, f.name)[first] for f in dataclasses.fields(crop)})
+
+
+_NOT_IN_IDENTITY = ("output_dir", "run_name", "experiment", "tracking_uri", "progress", "log_every", "checkpoint_every")
+
+
+def training_identity(config: PretrainConfig) -> dict:
+    """The config fields that change what a run computes: where it writes, how it reports and
+    how many loader workers it uses do not (data order and augmentation depend on seeds only)."""
+    identity = {k: v for k, v in to_dict(config).items() if k not in _NOT_IN_IDENTITY}
+    identity["data"] = {k: v for k, v in identity["data"].items() if k != "workers"}
+    return identity
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak allocated device memory (CUDA) or peak resident set size of the process (CPU), in MB."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """``torch.save`` to a temporary sibling, then rename: a crash never leaves half a checkpoint."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+class Pretraining:
+    """One pretraining run: setup, the epoch loop, checkpoints and metrics."""
+
+    def __init__(self, config: PretrainConfig, *, tracker=None, resume: bool = False):
+        self.config = config
+        self.dist: DistInfo = init_distributed(config.device)
+        torch.manual_seed(config.seed)
+        self.videos: VideoDataset = open_dataset(config.data.path, format=config.data.format, split=config.data.split,
+                                                 subset=config.data.subset, progress=config.progress and self.dist.is_main)
+        backbone = create_backbone(config.backbone, **config.backbone_args)
+        self.method: Method = create_method(config.method, backbone, dataset_size=len(self.videos), overrides=config.method_args)
+        self.recipe = resolve_recipe(type(self.method).recipe, config)
+        self.spec = self.method.data_spec()
+        if config.decode_size is not None:
+            self.spec = dataclasses.replace(self.spec, decode_size=tuple(config.decode_size))
+        self.hash = config_hash({"config": training_identity(config), "recipe": dataclasses.asdict(self.recipe),
+                                 "method": config_dict(self.method.config), "data": self.videos.fingerprint()})
+        self.run_dir = Path(config.output_dir) / (config.run_name or f"{config.method}-{config.backbone}-s{config.seed}-{self.hash}")
+        self._setup_loader()
+        self._setup_model()
+        self.tracker = tracker
+        self.state = TrainState(epoch=0, epochs=self.recipe.epochs, steps_per_epoch=self.steps_per_epoch,
+                                world_size=self.dist.world_size, rank=self.dist.rank)
+        self.skipped_total = 0
+        if resume and (self.run_dir / CHECKPOINT).exists():
+            self._restore(load_checkpoint(self.run_dir / CHECKPOINT))
+
+    def _setup_loader(self) -> None:
+        world, accumulate = self.dist.world_size, self.config.accumulate
+        if self.recipe.batch_size % (world * accumulate):
+            raise ValueError(f"batch_size {self.recipe.batch_size} must be divisible by world_size*accumulate = {world * accumulate}")
+        self.micro_batch = self.recipe.batch_size // (world * accumulate)
+        self.loader: VideoLoader = make_loader(self.videos, load_request(self.spec, self.config), self.micro_batch, train=True,
+                                               workers=self.config.data.workers, seed=self.config.seed, rank=self.dist.rank, world_size=world)
+        available = len(self.loader) // accumulate
+        if available == 0:
+            raise ValueError(f"batch_size {self.recipe.batch_size} is larger than the {len(self.videos)} videos of {self.config.data.path}")
+        self.steps_per_epoch = min(available, self.config.steps_per_epoch or available)
+
+    def _setup_model(self) -> None:
+        device, cuda = self.dist.device, self.dist.device.type == "cuda"
+        self.amp = self.config.amp and cuda
+        self.channels_last = self.config.channels_last and cuda
+        torch.backends.cudnn.benchmark = self.config.cudnn_benchmark and cuda
+        method = self.method.to(device)
+        if self.channels_last:
+            method = method.to(memory_format=torch.channels_last_3d)
+        if self.dist.world_size > 1:
+            method.prepare_distributed()
+            if self.config.sync_bn:
+                method = convert_sync_batchnorm(method)
+        self.method = method
+        if self.config.compile:
+            self.method.backbone.compile()
+        params = self.method.param_groups() or [p for p in self.method.parameters() if p.requires_grad]
+        self.optimizer = build_optimizer(params, self.recipe)
+        self.scheduler = build_scheduler(self.optimizer, self.recipe, self.steps_per_epoch)
+        self.model = self._wrap_ddp(self.method)
+        self.augment = DeviceAugment(self.spec, device, self.config.seed * 1000 + self.dist.rank, self.channels_last)
+
+    def _wrap_ddp(self, method: Method) -> nn.Module:
+        if self.dist.world_size == 1:
+            return method
+        ids = [self.dist.local_rank] if self.dist.device.type == "cuda" else None
+        # Buffers are synced once at start-up only: queues and banks are updated identically on every
+        # rank from gathered keys, and broadcasting them each step would cost bandwidth for nothing.
+        sync = {"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(
+            nn.parallel.DistributedDataParallel).parameters else {"broadcast_buffers": False}
+        return nn.parallel.DistributedDataParallel(method, device_ids=ids, find_unused_parameters=getattr(method, "find_unused_parameters", False),
+                                                   **sync)
+
+    # --------------------------------------------------------------------- checkpoint state
+
+    def _checkpoint_state(self, finished: bool) -> dict:
+        return {
+            "model": self.method.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": {},  # bf16 autocast needs no loss scaling; kept for a future fp16 path
+            "rng": {"torch": torch.get_rng_state(), "augment": self.augment.generator.get_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+            "step": self.state.step,
+            "epoch": self.state.epoch,
+            "skipped_total": self.skipped_total,
+            "config_hash": self.hash,
+            "finished": finished,
+        }
+
+    def _restore(self, ckpt: dict) -> None:
+        if ckpt["config_hash"] != self.hash:
+            raise ValueError(f"{self.run_dir / CHECKPOINT} was written by a different configuration ({ckpt['config_hash']} != {self.hash})")
+        self.method.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        self.augment.generator.set_state(ckpt["rng"]["augment"])
+        if ckpt["rng"]["cuda"]:
+            torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+        self.state.step, self.state.epoch = ckpt["step"], ckpt["epoch"]
+        self.skipped_total = ckpt["skipped_total"]
+        log.info("resumed %s at epoch %d, step %d", self.run_dir, self.state.epoch, self.state.step)
+
+    def save(self, finished: bool = False) -> None:
+        if self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_checkpoint(self.run_dir / CHECKPOINT, self._checkpoint_state(finished))
+
+    # --------------------------------------------------------------------- training
+
+    def train_step(self, micro_batches: list[dict]) -> StepOutput:
+        """One optimizer step over ``accumulate`` micro-batches (already loaded)."""
+        self.model.train()
+        parts_sum: dict[str, float] = {}
+        total = 0.0
+        for i, batch in enumerate(micro_batches):
+            sync = i == len(micro_batches) - 1
+            no_sync = self.model.no_sync() if (not sync and isinstance(self.model, nn.parallel.DistributedDataParallel)) else contextlib.nullcontext()
+            with no_sync, torch.autocast(self.dist.device.type, dtype=torch.bfloat16, enabled=self.amp):
+                out = self.model(self.augment(batch), self.state)
+            loss = out.loss.float()
+            self._check_finite(loss, out)
+            (loss / len(micro_batches)).backward()
+            total += float(loss.detach()) / len(micro_batches)
+            for k, v in out.parts.items():
+                parts_sum[k] = parts_sum.get(k, 0.0) + float(v) / len(micro_batches)
+        if self.config.clip_grad:
+            parts_sum["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.method.parameters(), self.config.clip_grad))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.state.step += 1
+        self.scheduler.step_update(self.state.step)
+        self.method.after_optimizer_step(self.state)
+        return StepOutput(torch.tensor(total), parts_sum)
+
+    def _check_finite(self, loss: torch.Tensor, out: StepOutput) -> None:
+        if torch.isfinite(loss):
+            return
+        last = self.run_dir / CHECKPOINT
+        where = f"last good checkpoint: {last}" if last.exists() else "no checkpoint was written yet"
+        parts = ", ".join(f"{k}={float(v):.4g}" for k, v in out.parts.items())
+        raise NonFiniteLoss(f"non-finite loss {float(loss)} at step {self.state.step} (epoch {self.state.epoch}) [{parts}]; {where}")
+
+    def _next_micro_batches(self, batches) -> list[dict] | None:
+        group = []
+        for _ in range(self.config.accumulate):
+            batch = next(batches, None)
+            if batch is None:
+                return None
+            group.append(batch)
+        return group
+
+    def run_epoch(self, bar) -> float:
+        self.loader.set_epoch(self.state.epoch)
+        batches = iter(self.loader)
+        last_loss = float("nan")
+        t_prev = time.perf_counter()
+        for _ in range(self.steps_per_epoch):
+            group = self._next_micro_batches(batches)
+            if group is None:  # every video of the last batches was undecodable
+                break
+            t_data = time.perf_counter()
+            out = self.train_step(group)
+            last_loss = float(out.loss)
+            t_end = time.perf_counter()
+            clips = sum(len(b["index"]) for b in group) * self.spec.clips * self.dist.world_size
+            self._record(out, clips, t_end - t_prev, t_data - t_prev, bar)
+            t_prev = time.perf_counter()
+        self._account_skipped()
+        return last_loss
+
+    def _record(self, out: StepOutput, clips: int, step_time: float, data_time: float, bar) -> None:
+        self.clips_done += clips
+        self.step_times.append(step_time)
+        lr = self.optimizer.param_groups[0]["lr"]
+        if bar is not None:
+            bar.update()
+            bar.set_postfix(loss=f"{float(out.loss):.4f}", lr=f"{lr:.2e}", clips_s=f"{clips / step_time:.1f}")
+        if self.tracker is not None and self.state.step % self.config.log_every == 0:
+            metrics = {"train/loss": float(out.loss), "train/lr": lr, "train/clips_per_s": clips / step_time,
+                       "train/data_wait_frac": data_time / step_time, "train/peak_memory_mb": peak_memory_mb(self.dist.device),
+                       "train/epoch": self.state.epoch}
+            metrics.update({f"train/{k}": float(v) for k, v in out.parts.items()})
+            self.tracker.log_metrics(metrics, step=self.state.step)
+
+    def _account_skipped(self) -> None:
+        new = len(self.loader.skipped) - self.skipped_total
+        self.skipped_total = len(self.loader.skipped)
+        if self.tracker is not None and new:
+            self.tracker.log_metrics({"data/skipped": self.skipped_total}, step=self.state.step)
+
+    def run(self) -> PretrainResult:
+        """Train from the current position to the last epoch; returns what the run produced."""
+        self.clips_done, self.step_times = 0, []
+        start = time.perf_counter()
+        self.scheduler.step_update(self.state.step)
+        first_epoch = self.state.epoch
+        show = self.config.progress and self.dist.is_main
+        bar = tqdm(total=(self.recipe.epochs - first_epoch) * self.steps_per_epoch, desc=f"{self.config.method}/{self.config.backbone}",
+                   unit="step", disable=not show)
+        loss = float("nan")
+        try:
+            for epoch in range(first_epoch, self.recipe.epochs):
+                self.state.epoch = epoch
+                loss = self.run_epoch(bar)
+                self.state.epoch = epoch + 1
+                last = epoch + 1 == self.recipe.epochs
+                if last or (epoch + 1) % self.config.checkpoint_every == 0:
+                    self.save(finished=last)
+        finally:
+            bar.close()
+        wall = time.perf_counter() - start
+        return PretrainResult(self.run_dir, self.save_encoder(), self.state.step, wall,
+                              self.clips_done / max(sum(self.step_times), 1e-9), peak_memory_mb(self.dist.device), loss,
+                              skipped_videos=self.skipped_total)
+
+    def save_encoder(self) -> Path:
+        path = self.run_dir / ENCODER
+        if self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_checkpoint(path, {"backbone": self.config.backbone, "backbone_args": self.config.backbone_args,
+                                   "state_dict": self.method.encoder.state_dict()})
+        return path
+
+    def describe(self) -> dict:
+        """Flat description of the run for tracking: config, resolved recipe, method config, data."""
+        return {"config": to_dict(self.config), "recipe": dataclasses.asdict(self.recipe), "method_config": config_dict(self.method.config),
+                "data_spec": dataclasses.asdict(self.spec), "data": {"videos": len(self.videos), "fingerprint": self.videos.fingerprint()},
+                "engine": {"micro_batch": self.micro_batch, "steps_per_epoch": self.steps_per_epoch, "world_size": self.dist.world_size,
+                           "amp_bf16": self.amp, "channels_last_3d": self.channels_last, "device": str(self.dist.device)}}
+
+
+def pretrain(
+    config: PretrainConfig,
+    *,
+    resume: bool = False,
+    parent_run_id: str | None = None,
+    tags: dict | None = None,
+    config_file: str | os.PathLike | None = None,
+) -> PretrainResult:
+    """Pretrain ``config.method`` on ``config.data`` and track the run in MLflow (rank 0 only)."""
+    return run_tracked(Pretraining(config, resume=resume), parent_run_id=parent_run_id, tags=tags, config_file=config_file)
+
+
+def run_tracked(
+    run: Pretraining, *, parent_run_id: str | None = None, tags: dict | None = None, config_file: str | os.PathLike | None = None
+) -> PretrainResult:
+    """Train ``run`` to its last epoch inside an MLflow run.
+
+    Logged: the flattened config, resolved recipe and method config as params; per-step metrics;
+    the config (resolved JSON, and ``config_file`` when given) and the final encoder weights as
+    artifacts. A failure (including a non-finite loss) marks the MLflow run FAILED.
+    """
+    from harness.tracking import Tracker
+
+    config = run.config
+    run_tags = {"config_hash": run.hash, "dataset_fingerprint": run.videos.fingerprint(), "method": config.method,
+                "backbone": config.backbone, "seed": str(config.seed), **(tags or {})}
+    with Tracker(config.experiment, run.run_dir.name, tracking_uri=config.tracking_uri, parent_run_id=parent_run_id, tags=run_tags,
+                 enabled=run.dist.is_main) as tracker:
+        run.tracker = tracker
+        description = run.describe()
+        tracker.log_params(description)
+        tracker.log_dict(description, "config.json")
+        if config_file is not None:
+            tracker.log_artifact(config_file)
+        result = run.run()
+        tracker.log_metrics({"pretrain/wall_time_s": result.wall_time_s, "pretrain/clips_per_s": result.clips_per_s,
+                             "pretrain/peak_memory_mb": result.peak_memory_mb, "pretrain/final_loss": result.final_loss,
+                             "pretrain/params": sum(p.numel() for p in run.method.encoder.parameters()),
+                             "data/skipped": result.skipped_videos}, step=result.steps)
+        if run.dist.is_main:
+            tracker.log_artifact(result.encoder_path)
+        result.run_id = tracker.run_id
+    return result

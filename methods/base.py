@@ -1,0 +1,197 @@
+"""The Method interface: what every self-supervised method provides to the harness.
+
+A method is an ``nn.Module`` with a name, a config dataclass whose defaults are the paper's, a
+training recipe (optimizer, schedule, epochs, batch size) with the paper's defaults, and three
+obligations:
+
+- :meth:`Method.data_spec` says what the loader must deliver per video (clips, frames, stride,
+  modalities, augmentation, sampler);
+- :meth:`Method.training_step` takes a batch that is already on the device, augmented and float,
+  shaped (B, clips, C, T, H, W) per modality, and returns the loss and named parts;
+- :attr:`Method.encoder` is the backbone that evaluation uses; ``encoder(x)`` gives (B, D).
+
+Optional hooks: :meth:`after_optimizer_step` (momentum encoders, prototype normalisation),
+:meth:`param_groups`. Queues and memory banks are buffers, so they checkpoint with the model.
+
+Every method's Config has ``frames`` (per clip) and ``crop`` (pixels) fields, so a suite can
+shrink the input of every method at once for a CPU budget.
+
+Registration: ``@register_method("name")`` on the class; methods that live in other packages
+are found through the ``vsbench.methods`` entry-point group.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any, ClassVar
+
+import torch
+import torch.nn as nn
+
+from harness.data.transforms import AugmentConfig
+
+ENTRY_POINT_GROUP = "vsbench.methods"
+Stride = float | tuple[float, float]
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """What the loader delivers to a method for each video of a batch."""
+
+    clips: int = 2  # clips per video (e.g. query and key)
+    frames: int = 16  # frames per clip
+    stride: Stride = 1  # temporal stride, or a (min, max) range drawn per clip (multi-rate)
+    modalities: tuple[str, ...] = ("rgb",)  # "rgb", "flow"
+    shared_crop: bool = False  # one crop/flip for all clips of a video (RGB and flow of a clip always share)
+    augment: AugmentConfig = AugmentConfig()  # per-clip device augmentation (the paper's recipe)
+    decode_size: tuple[int, int] | None = (128, 171)  # (H, W) frames are resized to while decoding
+    sampler: str | None = None  # a named clip sampler (e.g. motion-screened), None = uniform random starts
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A paper's pretraining recipe; a suite may scale the budget (epochs) and the milestones follow."""
+
+    optimizer: str = "sgd"  # sgd | adam | adamw
+    lr: float = 0.01
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    betas: tuple[float, float] = (0.9, 0.999)
+    schedule: str = "multistep"  # none | step | multistep | cosine
+    milestones: tuple[float, ...] = ()  # epochs where lr is multiplied by gamma
+    gamma: float = 0.1
+    warmup_epochs: float = 0.0
+    epochs: int = 200
+    batch_size: int = 16
+
+
+@dataclass
+class TrainState:
+    """Where training stands; passed to every step and hook."""
+
+    step: int = 0  # optimizer steps done so far
+    epoch: int = 0
+    epochs: int = 1  # epochs of this run (after budget scaling)
+    steps_per_epoch: int = 1
+    world_size: int = 1
+    rank: int = 0
+
+    @property
+    def total_steps(self) -> int:
+        return self.epochs * self.steps_per_epoch
+
+    @property
+    def progress(self) -> float:
+        """Fraction of training done, in [0, 1]."""
+        return min(1.0, self.step / max(1, self.total_steps))
+
+
+@dataclass
+class StepOutput:
+    """The loss to minimise and named parts/diagnostics (each logged as a metric)."""
+
+    loss: torch.Tensor
+    parts: dict[str, torch.Tensor | float] = field(default_factory=dict)
+
+
+class Method(nn.Module):
+    """Base class of all methods. Subclasses set ``name``, ``Config`` and ``recipe``."""
+
+    name: ClassVar[str] = ""
+    Config: ClassVar[type] = object
+    recipe: ClassVar[Recipe] = Recipe()
+
+    def __init__(self, config: Any, backbone: nn.Module, *, dataset_size: int):
+        super().__init__()
+        self.config = config
+        self.backbone = backbone
+        self.dataset_size = dataset_size
+
+    @property
+    def encoder(self) -> nn.Module:
+        """The network evaluation uses: ``encoder(x)`` maps (B, C, T, H, W) to (B, D)."""
+        return self.backbone
+
+    def data_spec(self) -> DataSpec:
+        raise NotImplementedError
+
+    def training_step(self, batch: dict[str, torch.Tensor], state: TrainState) -> StepOutput:
+        raise NotImplementedError
+
+    def forward(self, batch: dict[str, torch.Tensor], state: TrainState) -> StepOutput:
+        """DDP calls ``forward``: it is the training step, so gradients are synchronised."""
+        return self.training_step(batch, state)
+
+    def after_optimizer_step(self, state: TrainState) -> None:
+        """Called after every optimizer step (momentum encoders, prototype normalisation, ...)."""
+
+    def param_groups(self) -> list[dict] | None:
+        """Parameter groups for the optimizer; None means all trainable parameters, one group."""
+        return None
+
+    def prepare_distributed(self) -> None:
+        """Called once when the run is distributed, before DDP wraps the method (e.g. SyncBN)."""
+
+
+# ----------------------------------------------------------------------------- registry
+
+_METHODS: dict[str, type[Method]] = {}
+_BUILTIN_MODULES = ("methods.moco",)
+
+
+def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
+    """Class decorator: make a Method available under ``name``."""
+
+    def add(cls: type[Method]) -> type[Method]:
+        if name in _METHODS and _METHODS[name] is not cls:
+            raise ValueError(f"method name {name!r} is already registered by {_METHODS[name].__module__}")
+        cls.name = name
+        _METHODS[name] = cls
+        return cls
+
+    return add
+
+
+def _load_methods() -> None:
+    import importlib
+
+    for module in _BUILTIN_MODULES:
+        importlib.import_module(module)
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name not in _METHODS:
+            ep.load()
+
+
+def list_methods() -> list[str]:
+    """Names of all registered methods (built in and from entry points)."""
+    _load_methods()
+    return sorted(_METHODS)
+
+
+def get_method(name: str) -> type[Method]:
+    """The Method class registered as ``name``; an unknown name lists the valid ones."""
+    _load_methods()
+    if name not in _METHODS:
+        raise KeyError(f"unknown method {name!r}; registered methods: {', '.join(sorted(_METHODS))}")
+    return _METHODS[name]
+
+
+def build_config(cls: type[Method], overrides: dict | None = None) -> Any:
+    """The method's Config with the paper's defaults, updated by ``overrides`` (unknown keys are errors)."""
+    from harness.config import from_dict
+
+    return from_dict(cls.Config, overrides or {}, where=f"method.{cls.name}")
+
+
+def create_method(name: str, backbone: nn.Module, *, dataset_size: int, overrides: dict | None = None) -> Method:
+    """Instantiate a registered method on ``backbone`` with its config overridden by ``overrides``."""
+    cls = get_method(name)
+    return cls(build_config(cls, overrides), backbone, dataset_size=dataset_size)
+
+
+def config_dict(config: Any) -> dict:
+    """A method config as a plain dict (for logging and hashing)."""
+    return dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)

@@ -1,0 +1,109 @@
+"""MoCo v2 on RGB clips: the reference row, and the worked example of adding a method.
+
+MoCo (He et al., CVPR 2020) with the v2 changes (Chen et al., 2020: MLP head, stronger
+augmentation): two clips of the same video are query and key; the query encoder is trained
+with InfoNCE against the key and a queue of keys from earlier batches; the key encoder is an
+exponential moving average of the query encoder.
+
+Choices, as the video SSL papers built on MoCo make them (VideoMoCo, DCLR):
+
+- two clips per video at different random times, 16 frames at stride 2, 112 px crops;
+- augmentation per clip: random resized crop (0.2-1), flip, colour jitter (0.4, 0.4, 0.4, 0.1;
+  p 0.8), greyscale (p 0.2), Gaussian blur (p 0.5), ImageNet normalisation;
+- MLP head D -> D -> 128, T = 0.07, m = 0.999;
+- queue length: ``queue_size`` capped at the largest power of two not above a quarter of the
+  data set (DCLR's choice for UCF101: 2048 for its 9,537 training videos), so the queue never
+  holds several stale copies of the same video;
+- shuffle BN for the key encoder under DDP (MoCo's ``_batch_shuffle_ddp``); with ``sync_bn``
+  the harness synchronises BatchNorm instead and the shuffle is skipped.
+
+The key-encoder EMA runs in :meth:`after_optimizer_step`, i.e. between steps, which is the same
+update the original makes at the start of the next forward pass.
+
+Adding a method: subclass :class:`~methods.base.Method`, give it a ``Config`` dataclass with the
+paper's defaults and a ``recipe``, implement ``data_spec`` and ``training_step``, and decorate
+it with ``@register_method("name")``. Shared pieces come from :mod:`methods.losses`.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from harness.data.transforms import AugmentConfig
+from harness.distributed import all_gather, batch_shuffle, batch_unshuffle, world_size
+from methods.base import DataSpec, Method, Recipe, StepOutput, TrainState, register_method
+from methods.losses import MLPHead, MoCoQueue, ema_update, moco_logits
+
+
+@dataclass(frozen=True)
+class MoCoConfig:
+    """MoCo v2 hyperparameters (paper defaults)."""
+
+    embed_dim: int = 128
+    queue_size: int = 65536  # capped by the data set size, see effective_queue_size
+    temperature: float = 0.07
+    momentum: float = 0.999
+    shuffle_bn: bool = True  # shuffle the key batch across ranks (ignored in one process or with sync_bn)
+    frames: int = 16
+    stride: int = 2
+    crop: int = 112
+
+
+def effective_queue_size(requested: int, dataset_size: int) -> int:
+    """``requested``, capped at the largest power of two <= dataset_size / 4 (at least 16)."""
+    cap = 2 ** max(4, int(math.floor(math.log2(max(dataset_size / 4, 1)))))
+    return min(requested, cap)
+
+
+@register_method("moco")
+class MoCo(Method):
+    """MoCo v2 on RGB clips (He et al. 2020; Chen et al. 2020): the plain contrastive baseline."""
+
+    Config = MoCoConfig
+    recipe = Recipe(optimizer="sgd", lr=0.01, weight_decay=1e-4, momentum=0.9, schedule="multistep",
+                    milestones=(120, 160), gamma=0.1, epochs=200, batch_size=40)
+
+    def __init__(self, config: MoCoConfig, backbone: nn.Module, *, dataset_size: int):
+        super().__init__(config, backbone, dataset_size=dataset_size)
+        dim = backbone.feature_dim
+        self.head = MLPHead(dim, dim, config.embed_dim, normalize=True)
+        self.key_backbone = copy.deepcopy(backbone).requires_grad_(False)
+        self.key_head = copy.deepcopy(self.head).requires_grad_(False)
+        self.queue = MoCoQueue(effective_queue_size(config.queue_size, dataset_size), config.embed_dim)
+
+    def data_spec(self) -> DataSpec:
+        c = self.config
+        return DataSpec(clips=2, frames=c.frames, stride=c.stride, augment=AugmentConfig(size=(c.crop, c.crop)))
+
+    @torch.no_grad()
+    def keys(self, clips: torch.Tensor) -> torch.Tensor:
+        """L2-normalised key embeddings; the batch is shuffled across ranks around the key encoder (shuffle BN)."""
+        shuffle = self.config.shuffle_bn and world_size() > 1 and not self._has_sync_bn()
+        if shuffle:
+            clips, unshuffle = batch_shuffle(clips)
+        k = self.key_head(self.key_backbone(clips))
+        return batch_unshuffle(k, unshuffle) if shuffle else k
+
+    def _has_sync_bn(self) -> bool:
+        return any(isinstance(m, nn.SyncBatchNorm) or type(m).__name__ == "SyncBatchNorm" for m in self.key_backbone.modules())
+
+    def training_step(self, batch: dict[str, torch.Tensor], state: TrainState) -> StepOutput:
+        clips = batch["rgb"]  # (B, 2, C, T, H, W)
+        q = self.head(self.backbone(clips[:, 0]))
+        k = self.keys(clips[:, 1])
+        logits, labels = moco_logits(q, k, self.queue["queue"].clone(), self.config.temperature)
+        loss = F.cross_entropy(logits, labels)
+        self.queue.enqueue(all_gather(k))
+        accuracy = (logits.argmax(dim=1) == 0).float().mean()
+        return StepOutput(loss, {"moco/loss": loss.detach(), "moco/acc": accuracy})
+
+    def after_optimizer_step(self, state: TrainState) -> None:
+        # parameters only: the key encoder's BN statistics come from its own forward passes, as in MoCo
+        ema_update(self.key_backbone, self.backbone, self.config.momentum, copy_buffers=False)
+        ema_update(self.key_head, self.head, self.config.momentum, copy_buffers=False)

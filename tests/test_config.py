@@ -1,0 +1,48 @@
+"""Typed configs: unknown keys, wrong types, unknown names are errors that name the key."""
+
+import pytest
+
+from harness.config import ConfigError, PretrainConfig, config_hash, from_dict, resolve_recipe
+from methods.base import Recipe, build_config, get_method
+
+
+def test_nested_tables_and_types_are_filled():
+    cfg = from_dict(PretrainConfig, {"method": "moco", "data": {"path": "x", "split": 2}, "lr": 1, "milestones": [4, 8]})
+    assert cfg.data.split == 2 and cfg.lr == 1.0 and isinstance(cfg.lr, float) and cfg.milestones == (4.0, 8.0)
+
+
+def test_unknown_key_names_the_key_and_the_allowed_ones():
+    with pytest.raises(ConfigError, match=r"data\.splti: unknown key; allowed keys are backend, flow_root, format, path, split"):
+        from_dict(PretrainConfig, {"data": {"splti": 1}})
+
+
+@pytest.mark.parametrize("key,value,expected", [("epochs", "ten", "epochs: expected int"), ("amp", 1, "amp: expected bool"),
+                                                 ("milestones", [1, "x"], r"milestones\[1\]: expected float")])
+def test_wrong_types_name_the_key(key, value, expected):
+    with pytest.raises(ConfigError, match=expected):
+        from_dict(PretrainConfig, {key: value})
+
+
+def test_method_config_overrides_are_validated():
+    cfg = build_config(get_method("moco"), {"queue_size": 256})
+    assert cfg.queue_size == 256 and cfg.temperature == 0.07
+    with pytest.raises(ConfigError, match=r"method\.moco\.queue: unknown key; allowed keys are crop, embed_dim, frames"):
+        build_config(get_method("moco"), {"queue": 256})
+
+
+def test_unknown_method_lists_the_registered_ones():
+    with pytest.raises(KeyError, match="registered methods: .*moco"):
+        get_method("simclr")
+
+
+def test_epoch_override_scales_the_milestones():
+    recipe = Recipe(epochs=240, milestones=(45, 90, 125, 160))
+    scaled = resolve_recipe(recipe, PretrainConfig(epochs=24))
+    assert scaled.epochs == 24 and scaled.milestones == (4.5, 9.0, 12.5, 16.0)
+    explicit = resolve_recipe(recipe, PretrainConfig(epochs=24, milestones=(10,), lr=0.5))
+    assert explicit.milestones == (10.0,) and explicit.lr == 0.5
+
+
+def test_config_hash_is_stable_and_sensitive():
+    a = config_hash(PretrainConfig(lr=0.1))
+    assert a == config_hash(PretrainConfig(lr=0.1)) and a != config_hash(PretrainConfig(lr=0.2))

@@ -1,0 +1,194 @@
+"""The pretraining loop: MLflow records, exact resume after a kill, NaN stop, schedules, MoCo learning."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+import pytest
+import torch
+import torch.nn.functional as F
+from mlflow.tracking import MlflowClient
+
+from backbones import create_backbone
+from harness.cli import main
+from harness.config import PretrainConfig
+from harness.train import CHECKPOINT, NonFiniteLoss, build_optimizer, build_scheduler, load_checkpoint, pretrain
+from methods.base import DataSpec, Method, Recipe, StepOutput, TrainState, create_method, register_method
+
+SMALL = ["--set", "method_args.frames=4", "--set", "method_args.crop=32", "--set", "decode_size=[32,43]", "--set", "log_every=1"]
+
+
+def _config(data, tmp_path, **changes) -> PretrainConfig:
+    values = dict(method="moco", backbone="r3d_tiny", epochs=2, batch_size=8, device="cpu", output_dir=str(tmp_path / "runs"),
+                  tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", method_args={"frames": 4, "crop": 32}, decode_size=(32, 43),
+                  log_every=1, progress=False)
+    values.update(changes)
+    cfg = PretrainConfig(**values)
+    cfg.data.path, cfg.data.workers = str(data), 0
+    return cfg
+
+
+def test_pretrain_command_records_a_run_in_mlflow(motionshapes_tiny, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["pretrain", "--method", "moco", "--backbone", "r3d_tiny", "--data", str(motionshapes_tiny), "--epochs", "1",
+                 "--batch-size", "8", "--workers", "0", *SMALL]) == 0
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    [run] = client.search_runs([client.get_experiment_by_name("vsbench").experiment_id])
+    assert run.info.status == "FINISHED"
+    history = client.get_metric_history(run.info.run_id, "train/loss")
+    assert [m.step for m in history] == list(range(1, 5))  # 36 train videos / 8 = 4 steps, every one logged
+    assert {"train/lr", "train/clips_per_s", "train/data_wait_frac", "train/peak_memory_mb", "train/moco/acc"} <= run.data.metrics.keys()
+    assert run.data.params["config.method"] == "moco" and run.data.params["recipe.milestones"] == "[0.6, 0.8]"
+    assert run.data.tags["dataset_fingerprint"] and run.data.tags["vsbench.version"]
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"encoder.pt", "config.json"} <= artifacts
+
+
+def test_moco_loss_decreases_on_fixed_data():
+    # Two fixed half-batches alternate and the queue holds exactly one half: the negatives of one
+    # half are always the other half's keys (a single fixed batch would put each video's own older
+    # keys in the queue, and the loss could not fall below log(#copies)).
+    torch.manual_seed(0)
+    method = create_method("moco", create_backbone("r3d_tiny"), dataset_size=64, overrides={"queue_size": 8})
+    optimizer = build_optimizer(method.parameters(), Recipe(lr=0.05))
+    g = torch.Generator().manual_seed(1)
+    videos = torch.randn(16, 3, 4, 32, 32, generator=g)
+    clips = torch.stack([videos + 0.3 * torch.randn(16, 3, 4, 32, 32, generator=g) for _ in range(2)], dim=1)
+    halves = [{"rgb": clips[:8]}, {"rgb": clips[8:]}]
+    losses = []
+    for step in range(40):
+        out = method(halves[step % 2], TrainState(step=step))
+        optimizer.zero_grad()
+        out.loss.backward()
+        optimizer.step()
+        method.after_optimizer_step(TrainState(step=step + 1))
+        losses.append(float(out.loss.detach()))
+    assert sum(losses[-6:]) / 6 < 0.5 * sum(losses[2:8]) / 6, losses
+    assert int(method.queue.ptr) == 0  # 40 steps x 8 keys into a queue of 8: wrapped around every step
+
+
+def test_sgd_is_plain_momentum_and_milestones_are_exact():
+    opt = build_optimizer([torch.nn.Parameter(torch.zeros(1))], Recipe(optimizer="sgd", lr=1.0, momentum=0.9))
+    assert opt.defaults["nesterov"] is False and opt.defaults["momentum"] == 0.9
+    sched = build_scheduler(opt, Recipe(lr=1.0, schedule="multistep", milestones=(1.5, 2), gamma=0.2, epochs=3), steps_per_epoch=10)
+    lrs = []
+    for step in range(31):
+        sched.step_update(step)
+        lrs.append(round(opt.param_groups[0]["lr"], 6))
+    assert lrs[14] == 1.0 and lrs[15] == 0.2 and lrs[19] == 0.2 and lrs[20] == 0.04
+
+
+@dataclass(frozen=True)
+class _NaNConfig:
+    frames: int = 4
+    crop: int = 32
+    nan_at: int = 2
+
+
+@register_method("nan_test")
+class _NaNAfterTwoSteps(Method):
+    """A test method whose loss becomes NaN at a chosen step."""
+
+    Config = _NaNConfig
+    recipe = Recipe(lr=0.01, epochs=3, batch_size=8, milestones=())
+
+    def data_spec(self) -> DataSpec:
+        return DataSpec(clips=1, frames=self.config.frames, augment=DataSpec().augment.__class__(size=(32, 32)))
+
+    def training_step(self, batch, state: TrainState) -> StepOutput:
+        loss = self.backbone(batch["rgb"][:, 0]).pow(2).mean()
+        return StepOutput(loss * float("nan") if state.step >= self.config.nan_at else loss)
+
+
+def test_a_nan_loss_stops_the_run_naming_step_and_checkpoint(motionshapes_tiny, tmp_path):
+    cfg = _config(motionshapes_tiny, tmp_path, method="nan_test", method_args={"nan_at": 6}, epochs=3)
+    with pytest.raises(NonFiniteLoss, match=r"non-finite loss nan at step 6 \(epoch 1\).*last good checkpoint: .*last.pt"):
+        pretrain(cfg)
+    client = MlflowClient(cfg.tracking_uri)
+    [run] = client.search_runs([client.get_experiment_by_name("vsbench").experiment_id])
+    assert run.info.status == "FAILED"
+    ckpt = load_checkpoint(next((tmp_path / "runs").glob("*/last.pt")))
+    assert ckpt["epoch"] == 1 and not ckpt["finished"]
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+
+
+_RUN = [sys.executable, "-m", "harness.cli", "pretrain", "--method", "moco", "--backbone", "r3d_tiny", "--epochs", "4",
+        "--batch-size", "4", "--steps-per-epoch", "5", "--workers", "0", "--device", "cpu", *SMALL]
+
+
+def _encoder(run_dir):
+    return load_checkpoint(run_dir / CHECKPOINT)["model"]
+
+
+def test_a_killed_run_resumes_to_the_same_parameters(motionshapes_tiny, tmp_path):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    common = [*_RUN, "--data", str(motionshapes_tiny)]
+    full = tmp_path / "full"
+    subprocess.run([*common, "--output-dir", str(full), "--tracking-uri", f"sqlite:///{full}.db"], check=True, env=env, capture_output=True)
+    killed = tmp_path / "killed"
+    args = [*common, "--output-dir", str(killed), "--tracking-uri", f"sqlite:///{killed}.db"]
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not list(killed.glob("*/last.pt")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    [run_dir] = list(killed.glob("*"))
+    at_kill = load_checkpoint(run_dir / CHECKPOINT)
+    assert not at_kill["finished"], "the run finished before it could be killed; make epochs longer"
+    subprocess.run([*args, "--resume"], check=True, env=env, capture_output=True)
+    [full_dir] = list(full.glob("*"))
+    assert run_dir.name == full_dir.name  # same configuration, same run folder name
+    a, b = _encoder(full_dir), _encoder(run_dir)
+    assert load_checkpoint(run_dir / CHECKPOINT)["finished"]
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_suite_runs_end_to_end_and_skips_finished_runs(motionshapes_tiny, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    suite = tmp_path / "tiny.toml"
+    suite.write_text(f"""
+name = "tiny"
+seeds = [0]
+backbones = ["r3d_tiny"]
+methods = ["moco"]
+[data]
+path = "{motionshapes_tiny}"
+workers = 0
+[pretrain]
+device = "cpu"
+epochs = 1
+batch_size = 8
+steps_per_epoch = 2
+decode_size = [32, 43]
+[pretrain.method_args]
+frames = 4
+crop = 32
+[[ablations]]
+name = "moco-no-shuffle"
+method = "moco"
+method_args = {{ shuffle_bn = false }}
+""")
+    assert main(["run", str(suite)]) == 0
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    parent = next(r for r in runs if r.data.tags.get("kind") == "suite")
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert sorted(r.data.tags["row"] for r in children) == ["moco", "moco-no-shuffle"]
+    assert all(r.info.status == "FINISHED" for r in children)
+    assert main(["run", str(suite)]) == 0  # second invocation: both runs finished before, nothing retrained
+    again = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    assert len([r for r in again if r.data.tags.get("kind") != "suite"]) == 2
+
+
+def test_config_errors_name_the_key(motionshapes_tiny, capsys):
+    assert main(["pretrain", "--method", "moco", "--data", str(motionshapes_tiny), "--set", "method_args.queue=3"]) == 2
+    assert "method.moco.queue: unknown key" in capsys.readouterr().err
+    assert main(["pretrain", "--method", "simclr", "--data", str(motionshapes_tiny)]) == 2
+    assert "registered methods: " in capsys.readouterr().err
+    assert main(["pretrain", "--backbone", "resnet50", "--data", str(motionshapes_tiny)]) == 2
+    assert "r3d_18" in capsys.readouterr().err
