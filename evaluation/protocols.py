@@ -92,3 +92,23 @@ class LinearProtocol(Protocol):
     standardize: bool = True
     max_iter: int = 2000
     seed: int = 0
+
+
+@dataclass(frozen=True)
+class FinetuneProtocol(Protocol):
+    """Fine-tuning: the whole network plus a linear head, trained on the train split with labels
+    through the harness's loop; tested on every test video with ``test_clips`` uniformly spaced
+    clips (centre crop), softmax averaged over clips (video level) and per clip (clip level)."""
+
+    name = "finetune"
+    split: int = 1
+    epochs: int = 30
+    batch_size: int = 32
+    lr: float = 0.01
+    milestones: tuple[float, ...] = (20, 25)
+    weight_decay: float = 5e-4
+    frames: int = 16
+    crop: int = 112
+    resize: tuple[int, int] = (128, 171)
+    test_clips: int = 10
+    steps_per_epoch: int | None = None  # cap per epoch for small budgets

@@ -2,6 +2,8 @@
 
     vsbench run SUITE     run a benchmark suite (methods x backbones x seeds), tracked in MLflow
     vsbench pretrain      pretrain one method on one data set
+    vsbench eval          evaluate an encoder.pt with the shared protocols
+    vsbench table         the comparison table of an experiment, from the MLflow store
     vsbench methods       list the registered methods and their paper recipes
     vsbench backbones     list the backbones with parameters and GMACs at 16x112x112
     vsbench data synth    generate the MotionShapes data set (UCF101 layout)
@@ -225,10 +227,83 @@ def _cmd_run(args) -> int:
     from harness.suite import run_suite
 
     records = run_suite(args.suite, force=args.force, tracking_uri=args.tracking_uri)
-    done = sum(not r["skipped"] for r in records)
-    print(f"suite {args.suite}: {done} runs trained, {len(records) - done} skipped (finished before)")
+    runs = [r for r in records if "run_id" in r]
+    done = sum(not r["skipped"] for r in runs)
+    print(f"suite {args.suite}: {done} runs done now, {len(runs) - done} skipped (finished before)")
     for r in records:
-        print(f"  {r['row']:<24} run {r['run_id']}{'  (skipped)' if r['skipped'] else ''}")
+        if "report" in r:
+            print(f"table: {', '.join(r['report'].values())}")
+    return 0
+
+
+def _add_eval(commands) -> None:
+    p = commands.add_parser(
+        "eval",
+        help="evaluate an encoder.pt with the shared protocols (retrieval, linear, kNN, probes, fine-tune)",
+        description="Evaluate a pretrained encoder (the encoder.pt of a run) on a data set's split: retrieval, linear "
+        "probe, kNN and motion probes from one feature extraction, and optionally fine-tuning. Metrics are printed "
+        "and logged to MLflow as eval/<protocol>/<metric> with the protocol hashes as tags.",
+    )
+    p.add_argument("encoder", type=Path, help="encoder.pt written by `vsbench pretrain` or a suite")
+    p.add_argument("--data", required=True, help="data set path (train split = gallery/training set, test split = queries)")
+    p.add_argument("--format", default="auto", choices=("auto", "ucf101", "hmdb51", "csv"))
+    p.add_argument("--protocols", default="retrieval,linear,knn,probe", help="comma list of retrieval, linear, knn, probe, finetune")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="EvalConfig keys, e.g. --set features.clips=5 --set features.layer=conv5_maxpool --set finetune.epochs=10")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--experiment", default="vsbench-eval", help="MLflow experiment (default vsbench-eval)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI")
+    p.set_defaults(func=_cmd_eval)
+
+
+def _cmd_eval(args) -> int:
+    from backbones import create_backbone
+    from evaluation.evaluate import EvalConfig, evaluate_encoder, protocol_tags
+    from harness.config import DataConfig, from_dict
+    from harness.distributed import init_distributed
+    from harness.tracking import Tracker
+    from harness.train import load_checkpoint
+
+    saved = load_checkpoint(args.encoder)
+    values = _merge({"protocols": [p for p in args.protocols.split(",") if p]}, _parse_set(args.set))
+    config = from_dict(EvalConfig, values, where="eval")
+    encoder = create_backbone(saved["backbone"], **saved.get("backbone_args", {}))
+    encoder.load_state_dict(saved["state_dict"])
+    device = init_distributed(args.device).device
+    data = DataConfig(path=args.data, format=args.format, workers=config.workers)
+    tags = {"kind": "eval", "encoder": str(args.encoder), "backbone": saved["backbone"], **protocol_tags(config)}
+    with Tracker(args.experiment, f"eval-{args.encoder.parent.name}", tracking_uri=args.tracking_uri, tags=tags) as tracker:
+        metrics = evaluate_encoder(encoder, data=data, config=config, device=device, finetune_from=str(args.encoder),
+                                   backbone=saved["backbone"], output_dir=str(args.encoder.parent / "eval"), run_name="eval")
+        tracker.log_metrics(metrics, step=0)
+    for name, value in sorted(metrics.items()):
+        print(f"{name:<32} {value:.4f}")
+    return 0
+
+
+def _add_table(commands) -> None:
+    p = commands.add_parser(
+        "table",
+        help="build the comparison table of an experiment from the MLflow store",
+        description="Rebuild the results table (methods and reference rows; recall@k, linear, fine-tune and kNN top-1, "
+        "probes, cost columns; mean ± std over seeds; one column per protocol hash) from the finished runs of an "
+        "experiment, print it and write it as markdown and CSV (plus the recall@k plot).",
+    )
+    p.add_argument("experiment", help="MLflow experiment, e.g. smoke")
+    p.add_argument("--out", type=Path, default=Path("runs/report"), help="folder for table.md, table.csv and plots")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI")
+    p.set_defaults(func=_cmd_table)
+
+
+def _cmd_table(args) -> int:
+    from harness.report import format_table_text, report_experiment
+    from harness.tracking import runs_frame
+
+    if runs_frame(args.experiment, tracking_uri=args.tracking_uri).empty:
+        raise UserError(f"experiment {args.experiment!r} has no runs in {args.tracking_uri or 'the default store'}")
+    paths = report_experiment(args.experiment, tracking_uri=args.tracking_uri, out_dir=args.out)
+    print(format_table_text(paths["table"]))
+    print(f"written: {', '.join(str(v) for k, v in paths.items() if k != 'table' and v is not None)}")
     return 0
 
 
@@ -245,12 +320,12 @@ def _add_listings(commands) -> None:
 def _cmd_methods(args) -> int:
     from methods.base import get_method, list_methods
 
-    for name in list_methods():
+    for name in list_methods(include_reference=True):
         cls = get_method(name)
         r = cls.recipe
         summary = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
-        print(f"{name:<8} {summary}")
-        print(f"{'':<8} recipe: {r.optimizer} lr {r.lr} wd {r.weight_decay}, {r.schedule} {list(r.milestones)} x{r.gamma}, "
+        print(f"{name:<10} {summary}{'  [reference row, uses labels]' if cls.reference else ''}")
+        print(f"{'':<10} recipe: {r.optimizer} lr {r.lr} wd {r.weight_decay}, {r.schedule} {list(r.milestones)} x{r.gamma}, "
               f"{r.epochs} epochs, batch {r.batch_size}")
     return 0
 
@@ -274,6 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_run(commands)
     _add_pretrain(commands)
+    _add_eval(commands)
+    _add_table(commands)
     _add_listings(commands)
     data = commands.add_parser("data", help="data sets: generate, check, precompute flow", description="Data set tools.")
     data_sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")

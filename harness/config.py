@@ -160,6 +160,7 @@ class PretrainConfig:
     milestones: tuple[float, ...] | None = None
     gamma: float | None = None
     warmup_epochs: float | None = None
+    init_encoder: str | None = None  # encoder.pt of an earlier run to start the backbone from (fine-tuning)
     # budget and engine
     decode_size: tuple[int, int] | None = None  # (H, W) to decode at, overriding the method's DataSpec (e.g. small CPU runs)
     steps_per_epoch: int | None = None  # cap optimizer steps per epoch (small budgets); None = the whole data set
@@ -176,6 +177,7 @@ class PretrainConfig:
     output_dir: str = "runs"
     run_name: str | None = None
     checkpoint_every: int = 1  # epochs between checkpoints (the last epoch is always saved)
+    knn_every: int = 0  # epochs between online kNN monitors (test split vs train split, 1 clip per video); 0 = off
     log_every: int = 10  # steps between metric records
     experiment: str = "vsbench"
     tracking_uri: str | None = None

@@ -24,9 +24,20 @@ A suite file (TOML) looks like::
     method = "moco"
     method_args = { shuffle_bn = false }
 
+    references = ["random init", "supervised"]   # reference rows: floor and ceiling
+
+    [eval]                              # evaluation.evaluate.EvalConfig: which protocols, their settings
+    protocols = ["retrieval", "linear", "knn", "probe", "finetune"]
+    [eval.features]                     # evaluation.protocols.FeatureProtocol
+    clips = 10
+    [eval.finetune]                     # evaluation.protocols.FinetuneProtocol (also trains the "supervised" row)
+    epochs = 30
+
 ``vsbench run SUITE`` opens a parent MLflow run per invocation and a child run per
-(row, backbone, seed); a row whose configuration hash already has a FINISHED run in the
-experiment is skipped unless ``--force``.
+(row, backbone, seed), evaluates every encoder with the suite's protocols (metrics
+``eval/<protocol>/<metric>`` on the same child run), and ends with the comparison table. A run
+whose configuration and protocols match a FINISHED run of the experiment is skipped unless
+``--force``.
 """
 
 from __future__ import annotations
@@ -64,6 +75,8 @@ class Suite:
     pretrain: dict = field(default_factory=dict)
     overrides: dict = field(default_factory=dict)
     ablations: list[Ablation] = field(default_factory=list)
+    references: list[str] = field(default_factory=list)  # "random init", "supervised"
+    eval: dict = field(default_factory=dict)  # EvalConfig fields
     path: str = ""
 
 
@@ -88,8 +101,25 @@ def load_suite(path: str | Path) -> Suite:
             _check_pretrain_keys(table, name)
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from err
+    unknown = set(suite.references) - set(REFERENCES)
+    if unknown:
+        raise ConfigError(f"{path}: references: unknown row(s) {sorted(unknown)}; valid: {', '.join(REFERENCES)}")
+    eval_config(suite)  # validate now, not after hours of pretraining
     suite.name = suite.name or path.stem
     return suite
+
+
+REFERENCES = ("random init", "supervised")
+
+
+def eval_config(suite: Suite):
+    """The suite's evaluation settings as an EvalConfig (errors name the key)."""
+    from evaluation.evaluate import EvalConfig
+
+    try:
+        return from_dict(EvalConfig, suite.eval, where="eval")
+    except ConfigError as err:
+        raise ConfigError(f"{suite.path}: {err}") from err
 
 
 def _check_pretrain_keys(table: dict, where: str) -> None:
@@ -134,27 +164,118 @@ def ensure_data(suite: Suite) -> None:
 
 
 def run_suite(path: str | Path, *, force: bool = False, tracking_uri: str | None = None) -> list[dict]:
-    """Run every pretraining of a suite under one parent MLflow run; returns one record per run."""
-    from harness.tracking import Tracker, find_finished_runs
-    from harness.train import Pretraining, run_tracked
+    """Pretrain and evaluate every run of a suite under one parent MLflow run; returns one record per row run."""
+    from harness.tracking import Tracker
     from methods.base import list_methods
 
     suite = load_suite(path)
     runs = expand(suite, list_methods())
     ensure_data(suite)
+    evaluation = eval_config(suite)
     experiment = suite.experiment or suite.name
     records = []
     with Tracker(experiment, f"suite-{suite.name}", tracking_uri=tracking_uri, tags={"suite": suite.name, "kind": "suite"}) as parent:
         parent.log_artifact(path)
         for i, item in enumerate(runs, 1):
-            config = dataclasses.replace(item.config, tracking_uri=tracking_uri)
-            run = Pretraining(config, resume=True)
-            done = find_finished_runs(experiment, "config_hash", run.hash, tracking_uri=tracking_uri)
-            if done and not force:
-                log.info("[%d/%d] %s: finished before (run %s), skipped", i, len(runs), config.run_name, done[0])
-                records.append({"row": item.row, "run_id": done[0], "skipped": True})
-                continue
-            log.info("[%d/%d] %s", i, len(runs), config.run_name)
-            result = run_tracked(run, parent_run_id=parent.run_id, tags={"suite": suite.name, "row": item.row})
-            records.append({"row": item.row, "run_id": result.run_id, "skipped": False, "wall_time_s": result.wall_time_s})
+            log.info("[%d/%d] %s", i, len(runs), item.config.run_name)
+            records.append(_pretrain_and_evaluate(item, suite, evaluation, parent.run_id, force, tracking_uri))
+        for backbone in suite.backbones:
+            for seed in suite.seeds:
+                for row in suite.references:
+                    records.append(_reference_row(row, backbone, seed, suite, evaluation, parent.run_id, force, tracking_uri))
+        records.append({"row": "table", "report": _report(suite, experiment, parent, tracking_uri)})
     return records
+
+
+def _skip_key(*parts) -> str:
+    from harness.config import config_hash
+
+    return config_hash([str(p) for p in parts])
+
+
+def _finished(experiment: str, key: str, tracking_uri: str | None) -> str | None:
+    from harness.tracking import find_finished_runs
+
+    done = find_finished_runs(experiment, "suite_key", key, tracking_uri=tracking_uri)
+    return done[0] if done else None
+
+
+def _pretrain_and_evaluate(item: SuiteRun, suite: Suite, evaluation, parent_id: str, force: bool, tracking_uri) -> dict:
+    from evaluation.evaluate import evaluate_encoder, protocol_tags
+    from harness.train import Pretraining, run_tracked
+
+    config = dataclasses.replace(item.config, tracking_uri=tracking_uri)
+    run = Pretraining(config, resume=True)
+    tags = protocol_tags(evaluation)
+    key = _skip_key(run.hash, sorted(tags.items()))
+    done = _finished(config.experiment, key, tracking_uri)
+    if done and not force:
+        log.info("%s: finished before (run %s), skipped", config.run_name, done)
+        return {"row": item.row, "run_id": done, "skipped": True}
+
+    def evaluate(run, result, tracker):
+        tracker.set_tags(tags)
+        metrics = evaluate_encoder(run.method.encoder, data=config.data, config=evaluation, device=run.dist.device,
+                                   cache_dir=Path(config.output_dir) / "features", finetune_from=str(result.encoder_path),
+                                   backbone=config.backbone, seed=config.seed, output_dir=config.output_dir, run_name=config.run_name)
+        tracker.log_metrics(metrics, step=result.steps)
+
+    result = run_tracked(run, parent_run_id=parent_id, after=evaluate,
+                         tags={"suite": suite.name, "row": item.row, "kind": "pretrain", "suite_key": key})
+    return {"row": item.row, "run_id": result.run_id, "skipped": False, "wall_time_s": result.wall_time_s}
+
+
+def _reference_row(row: str, backbone: str, seed: int, suite: Suite, evaluation, parent_id: str, force: bool, tracking_uri) -> dict:
+    """"random init": the untrained backbone through every protocol but fine-tuning (which, from random
+    weights, is the "supervised" row). "supervised": the backbone trained with labels by the fine-tune
+    protocol from scratch, then evaluated like every other encoder."""
+    import torch
+
+    from backbones import create_backbone
+    from evaluation.evaluate import evaluate_encoder, protocol_tags
+    from evaluation.finetune import run_finetune
+    from harness.distributed import init_distributed
+    from harness.tracking import Tracker
+
+    experiment = suite.experiment or suite.name
+    pretrain = from_dict(PretrainConfig, {k: v for k, v in suite.pretrain.items() if k != "method_args"})
+    tags = protocol_tags(evaluation)
+    key = _skip_key(row, backbone, seed, suite.data, sorted(tags.items()), suite.pretrain.get("backbone_args", {}))
+    done = _finished(experiment, key, tracking_uri)
+    if done and not force:
+        return {"row": row, "run_id": done, "skipped": True}
+    device = init_distributed(pretrain.device).device
+    name = f"{row.replace(' ', '-')}-{backbone}-s{seed}"
+    run_tags = {"suite": suite.name, "row": row, "kind": "reference", "method": row, "backbone": backbone, "seed": str(seed),
+                "suite_key": key, **tags}
+    with Tracker(experiment, name, tracking_uri=tracking_uri, parent_run_id=parent_id, tags=run_tags) as tracker:
+        metrics: dict[str, float] = {}
+        no_finetune = dataclasses.replace(evaluation, protocols=[p for p in evaluation.protocols if p != "finetune"])
+        if row == "supervised":
+            ft, encoder = run_finetune(evaluation.finetune, backbone=backbone, data=suite.data, init_encoder=None, seed=seed,
+                                       device=str(device), output_dir=pretrain.output_dir, run_name=name, workers=evaluation.workers)
+            metrics |= {f"eval/finetune/{k}": v for k, v in ft.items()}
+        else:
+            torch.manual_seed(seed)
+            encoder = create_backbone(backbone, **pretrain.backbone_args)
+        metrics |= evaluate_encoder(encoder, data=suite.data, config=no_finetune, device=device, seed=seed,
+                                    cache_dir=None, backbone=backbone, output_dir=pretrain.output_dir, run_name=name)
+        tracker.log_metrics({**metrics, "pretrain/params": sum(p.numel() for p in encoder.parameters())}, step=0)
+        return {"row": row, "run_id": tracker.run_id, "skipped": False}
+
+
+def _report(suite: Suite, experiment: str, parent, tracking_uri) -> dict:
+    """Print the comparison table of the experiment's finished runs and log it to the parent run.
+
+    Reads the whole experiment, not only this invocation's children: runs skipped as finished
+    belong to an earlier parent, and the report keeps the latest run per (row, backbone, seed)."""
+    from harness.report import format_table_text, report_experiment
+
+    out_dir = Path(suite.pretrain.get("output_dir", "runs")) / "report"
+    paths = report_experiment(experiment, tracking_uri=tracking_uri, out_dir=out_dir,
+                              caption_lines=[f"produced by: vsbench run {suite.path}"])
+    print(format_table_text(paths["table"]))
+    for key in ("markdown", "csv", "recall_plot"):
+        if paths.get(key):
+            parent.log_artifact(paths[key])
+    return {k: str(v) for k, v in paths.items() if k != "table" and v is not None}

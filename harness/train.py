@@ -162,7 +162,7 @@ def _repeat_crop(crop, b: int, clips: int):
     return dataclasses.replace(crop, **{f.name: getattr(crop, f.name)[first] for f in dataclasses.fields(crop)})
 
 
-_NOT_IN_IDENTITY = ("output_dir", "run_name", "experiment", "tracking_uri", "progress", "log_every", "checkpoint_every")
+_NOT_IN_IDENTITY = ("output_dir", "run_name", "experiment", "tracking_uri", "progress", "log_every", "checkpoint_every", "knn_every")
 
 
 def training_identity(config: PretrainConfig) -> dict:
@@ -198,6 +198,15 @@ def load_checkpoint(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def load_encoder_weights(backbone: nn.Module, path: str | os.PathLike) -> None:
+    """Load an ``encoder.pt`` written by a pretraining run into ``backbone`` (strict: same architecture)."""
+    saved = load_checkpoint(Path(path))
+    try:
+        backbone.load_state_dict(saved["state_dict"])
+    except RuntimeError as err:
+        raise ValueError(f"{path}: encoder weights of backbone {saved.get('backbone')!r} do not fit: {err}") from err
+
+
 # ----------------------------------------------------------------------------- the run
 
 
@@ -211,6 +220,8 @@ class Pretraining:
         self.videos: VideoDataset = open_dataset(config.data.path, format=config.data.format, split=config.data.split,
                                                  subset=config.data.subset, progress=config.progress and self.dist.is_main)
         backbone = create_backbone(config.backbone, **config.backbone_args)
+        if config.init_encoder:
+            load_encoder_weights(backbone, config.init_encoder)
         self.method: Method = create_method(config.method, backbone, dataset_size=len(self.videos), overrides=config.method_args)
         self.recipe = resolve_recipe(type(self.method).recipe, config)
         self.spec = self.method.data_spec()
@@ -409,12 +420,35 @@ class Pretraining:
                 last = epoch + 1 == self.recipe.epochs
                 if last or (epoch + 1) % self.config.checkpoint_every == 0:
                     self.save(finished=last)
+                if self.config.knn_every and (epoch + 1) % self.config.knn_every == 0:
+                    self.online_knn()
         finally:
             bar.close()
         wall = time.perf_counter() - start
         return PretrainResult(self.run_dir, self.save_encoder(), self.state.step, wall,
                               self.clips_done / max(sum(self.step_times), 1e-9), peak_memory_mb(self.dist.device), loss,
                               skipped_videos=self.skipped_total)
+
+    def online_knn(self) -> dict[str, float]:
+        """kNN top-1 of the current encoder (test split against train split, one centre clip per
+        video): a cheap monitor that catches collapse early. Logged as ``eval/knn_online/*``."""
+        from evaluation.features import extract_features
+        from evaluation.knn import evaluate_knn
+        from evaluation.protocols import FeatureProtocol, KNNProtocol
+
+        spec, data = self.spec, self.config.data
+        stride = 1 if isinstance(spec.stride, (tuple, list)) else int(spec.stride)
+        protocol = FeatureProtocol(split=data.split, clips=1, frames=spec.frames, stride=stride,
+                                   resize=spec.decode_size or (128, 171), crop=spec.augment.size[0])
+        kwargs = dict(device=self.dist.device, workers=data.workers, progress=False)
+        train = open_dataset(data.path, format=data.format, split=data.split, subset="train", progress=False)
+        test = open_dataset(data.path, format=data.format, split=data.split, subset="test", progress=False)
+        ftrain = extract_features(self.method.encoder, train, protocol, **kwargs)
+        ftest = extract_features(self.method.encoder, test, protocol, **kwargs)
+        metrics = evaluate_knn(KNNProtocol(features=protocol), ftrain.features, ftrain.labels, ftest.features, ftest.labels)
+        if self.tracker is not None:
+            self.tracker.log_metrics({f"eval/knn_online/{k}": v for k, v in metrics.items()}, step=self.state.step)
+        return metrics
 
     def save_encoder(self) -> Path:
         path = self.run_dir / ENCODER
@@ -445,13 +479,19 @@ def pretrain(
 
 
 def run_tracked(
-    run: Pretraining, *, parent_run_id: str | None = None, tags: dict | None = None, config_file: str | os.PathLike | None = None
+    run: Pretraining,
+    *,
+    parent_run_id: str | None = None,
+    tags: dict | None = None,
+    config_file: str | os.PathLike | None = None,
+    after=None,
 ) -> PretrainResult:
     """Train ``run`` to its last epoch inside an MLflow run.
 
     Logged: the flattened config, resolved recipe and method config as params; per-step metrics;
     the config (resolved JSON, and ``config_file`` when given) and the final encoder weights as
-    artifacts. A failure (including a non-finite loss) marks the MLflow run FAILED.
+    artifacts. A failure (including a non-finite loss) marks the MLflow run FAILED. ``after``
+    (``after(run, result, tracker)``) runs inside the same MLflow run, e.g. to log evaluations.
     """
     from harness.tracking import Tracker
 
@@ -473,5 +513,7 @@ def run_tracked(
                              "data/skipped": result.skipped_videos}, step=result.steps)
         if run.dist.is_main:
             tracker.log_artifact(result.encoder_path)
+        if after is not None:
+            after(run, result, tracker)
         result.run_id = tracker.run_id
     return result

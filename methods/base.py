@@ -103,6 +103,7 @@ class Method(nn.Module):
     name: ClassVar[str] = ""
     Config: ClassVar[type] = object
     recipe: ClassVar[Recipe] = Recipe()
+    reference: ClassVar[bool] = False  # True for label-using reference rows (not listed as methods by suites)
 
     def __init__(self, config: Any, backbone: nn.Module, *, dataset_size: int):
         super().__init__()
@@ -139,7 +140,7 @@ class Method(nn.Module):
 # ----------------------------------------------------------------------------- registry
 
 _METHODS: dict[str, type[Method]] = {}
-_BUILTIN_MODULES = ("methods.moco",)
+_BUILTIN_MODULES = ("methods.moco", "methods.supervised")
 
 
 def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
@@ -165,10 +166,11 @@ def _load_methods() -> None:
             ep.load()
 
 
-def list_methods() -> list[str]:
-    """Names of all registered methods (built in and from entry points)."""
+def list_methods(*, include_reference: bool = False) -> list[str]:
+    """Names of the registered self-supervised methods (built in and from entry points);
+    ``include_reference`` adds label-using reference methods such as "supervised"."""
     _load_methods()
-    return sorted(_METHODS)
+    return sorted(n for n, cls in _METHODS.items() if include_reference or not cls.reference)
 
 
 def get_method(name: str) -> type[Method]:

@@ -45,13 +45,14 @@ def test_training_skips_counts_and_names_undecodable_videos(ucf, caplog):
     assert len(seen) == 9 - 1  # 11 videos, batches of 3, tail dropped in training, one skipped
 
 
-def test_evaluation_refuses_undecodable_videos_by_name(ucf):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_evaluation_refuses_undecodable_videos_by_name(ucf, workers):
     bad = ucf.records[5]
     truncate(Path(bad.path), 0.5)
-    loader = make_loader(ucf, EVAL, batch_size=4, train=False, workers=0)
-    with pytest.raises(CorruptVideo) as err:
+    loader = make_loader(ucf, EVAL, batch_size=4, train=False, workers=workers)
+    with pytest.raises(CorruptVideo) as err:  # a real CorruptVideo, with its fields, from worker processes too
         list(loader)
-    assert err.value.path == bad.path
+    assert err.value.path == bad.path and err.value.reason
 
 
 def test_evaluation_visits_every_video_once_without_dropping_the_tail(ucf):

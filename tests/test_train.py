@@ -168,6 +168,8 @@ decode_size = [32, 43]
 [pretrain.method_args]
 frames = 4
 crop = 32
+[eval]
+protocols = []
 [[ablations]]
 name = "moco-no-shuffle"
 method = "moco"

@@ -8,10 +8,12 @@ augmentation happen on the device (:mod:`harness.data.transforms`), never in the
 Randomness is a function of (seed, epoch, video index), so a batch does not depend on which
 worker produced it, and a resumed run draws the same clips as an uninterrupted one.
 
-Undecodable videos. In training (``strict=False``) a video that raises
-:class:`~harness.data.video.CorruptVideo` is dropped from its batch, counted, and named once in
-a warning (:attr:`VideoLoader.skipped`). In evaluation (``strict=True``) it stops the run with
-the file's name: evaluation never replaces one video by another.
+Undecodable videos. Workers never raise for them: a video that raises
+:class:`~harness.data.video.CorruptVideo` comes back in its batch's ``skipped`` list (torch
+re-raises worker exceptions through a one-argument constructor, which would lose the file's
+name). In training the :class:`VideoLoader` drops it, counts it and names it once in a warning
+(:attr:`VideoLoader.skipped`); in evaluation (``strict``) it raises ``CorruptVideo`` with the
+file's name in the main process: evaluation never replaces one video by another.
 """
 
 from __future__ import annotations
@@ -154,11 +156,13 @@ class EpochSampler(Sampler):
 
 
 class VideoLoader:
-    """A DataLoader over clips that drops, counts and names undecodable videos (training only)."""
+    """A DataLoader over clips that drops, counts and names undecodable videos in training, and
+    raises ``CorruptVideo`` for them in evaluation (``strict``)."""
 
-    def __init__(self, loader: DataLoader, sampler: EpochSampler):
+    def __init__(self, loader: DataLoader, sampler: EpochSampler, *, strict: bool = False):
         self.loader = loader
         self.sampler = sampler
+        self.strict = strict
         self.skipped: dict[str, str] = {}  # path -> reason, for every video skipped so far
 
     def set_epoch(self, epoch: int) -> None:
@@ -169,6 +173,8 @@ class VideoLoader:
 
     def __iter__(self) -> Iterator[dict]:
         for batch in self.loader:
+            if self.strict and batch["skipped"]:
+                raise CorruptVideo(*batch["skipped"][0])
             for path, reason in batch["skipped"]:
                 if path not in self.skipped:
                     log.warning("skipping undecodable video %s: %s", path, reason)
@@ -190,7 +196,7 @@ def make_loader(
 ) -> VideoLoader:
     """A training loader (shuffled, tail batch dropped, skips undecodable videos) or an
     evaluation loader (fixed order, every video once across ranks, no dropped tail, strict)."""
-    dataset = ClipDataset(videos, request, seed=seed, strict=not train)
+    dataset = ClipDataset(videos, request, seed=seed, strict=False)  # errors travel in the batch, see VideoLoader
     sampler = EpochSampler(len(videos), shuffle=train, seed=seed, rank=rank, world_size=world_size, pad=train)
     loader = DataLoader(
         dataset,
@@ -203,4 +209,4 @@ def make_loader(
         persistent_workers=workers > 0,
         prefetch_factor=4 if workers > 0 else None,
     )
-    return VideoLoader(loader, sampler)
+    return VideoLoader(loader, sampler, strict=not train)

@@ -1,0 +1,146 @@
+"""Run every protocol on one encoder: the numbers a row of a results table is made of.
+
+Features are extracted once per split (:mod:`evaluation.features`, cached) and shared by the
+retrieval, linear-probe and kNN protocols; the motion probes use a fixed set of test clips; the
+fine-tune protocol trains a classifier from the encoder's weights through the harness's loop.
+Every metric is named ``eval/<protocol>/<metric>`` and every protocol's hash is returned as a
+tag ``protocol.<name>``, so tables only compare numbers from equal protocols.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from evaluation.features import extract_features
+from evaluation.finetune import run_finetune
+from evaluation.knn import evaluate_knn, knn_classify
+from evaluation.linear import evaluate_linear
+from evaluation.probes import load_bias_alignment, motion_probe, static_bias_gap
+from evaluation.protocols import FeatureProtocol, FinetuneProtocol, KNNProtocol, LinearProtocol, RetrievalProtocol
+from evaluation.retrieval import evaluate_retrieval
+from harness.config import DataConfig
+from harness.data.datasets import open_dataset
+
+log = logging.getLogger(__name__)
+PROTOCOLS = ("retrieval", "linear", "knn", "probe", "finetune")
+
+
+@dataclass
+class EvalConfig:
+    """Which protocols a suite runs on every encoder, and their settings."""
+
+    protocols: list[str] = field(default_factory=lambda: list(PROTOCOLS))
+    features: FeatureProtocol = field(default_factory=FeatureProtocol)
+    center: bool = False  # retrieval mean-centering (CoCLR/MSCL variant)
+    retrieval_ks: tuple[int, ...] = (1, 5, 10, 20, 50)
+    knn_k: int = 20
+    knn_temperature: float = 0.07
+    probe_videos: int = 64
+    finetune: FinetuneProtocol = field(default_factory=FinetuneProtocol)
+    batch_size: int = 8
+    workers: int = 2
+
+    def __post_init__(self) -> None:
+        unknown = set(self.protocols) - set(PROTOCOLS)
+        if unknown:
+            raise ValueError(f"unknown protocol(s) {sorted(unknown)}; valid: {', '.join(PROTOCOLS)}")
+
+    def protocol_objects(self) -> dict:
+        """The frozen protocol of each enabled protocol name."""
+        f = self.features
+        every = {"retrieval": RetrievalProtocol(features=f, ks=self.retrieval_ks, center=self.center), "linear": LinearProtocol(features=f),
+                 "knn": KNNProtocol(features=f, k=self.knn_k, temperature=self.knn_temperature), "probe": f,
+                 "finetune": self.finetune}
+        return {name: every[name] for name in self.protocols}
+
+
+def protocol_tags(config: EvalConfig) -> dict[str, str]:
+    """``protocol.<name>`` -> short hash, for every enabled protocol."""
+    return {f"protocol.{name}": p.hash() for name, p in config.protocol_objects().items()}
+
+
+def _prefixed(name: str, metrics: dict) -> dict[str, float]:
+    return {f"eval/{name}/{k}": float(v) for k, v in metrics.items()}
+
+
+def evaluate_encoder(
+    encoder: nn.Module,
+    *,
+    data: DataConfig,
+    config: EvalConfig,
+    device: torch.device,
+    cache_dir: str | Path | None = None,
+    finetune_from: str | None = None,
+    backbone: str | None = None,
+    seed: int = 0,
+    output_dir: str | Path = "runs",
+    run_name: str = "eval",
+) -> dict[str, float]:
+    """All enabled protocols on ``encoder``; fine-tuning needs ``finetune_from`` (an encoder.pt) and ``backbone``."""
+    protocols = config.protocol_objects()
+    split = config.features.split
+    train = open_dataset(data.path, format=data.format, split=split, subset="train", progress=False)
+    test = open_dataset(data.path, format=data.format, split=split, subset="test", progress=False)
+    metrics: dict[str, float] = {}
+    encoder = encoder.to(device).eval()
+    if {"retrieval", "linear", "knn"} & protocols.keys():
+        metrics |= _feature_protocols(encoder, train, test, protocols, config, device, cache_dir, data)
+    if "probe" in protocols:
+        probe = motion_probe(encoder, test, config.features, generator=torch.Generator().manual_seed(seed),
+                             max_videos=config.probe_videos, select="even", device=device)
+        metrics |= _prefixed("probe", probe)
+    if "finetune" in protocols and finetune_from is not None:
+        ft, _ = run_finetune(config.finetune, backbone=backbone, data=data, init_encoder=finetune_from, seed=seed,
+                             device=str(device), output_dir=output_dir, run_name=f"{run_name}-finetune", workers=config.workers)
+        metrics |= _prefixed("finetune", ft)
+    return metrics
+
+
+def _feature_protocols(encoder, train, test, protocols, config: EvalConfig, device, cache_dir, data) -> dict[str, float]:
+    kwargs = dict(device=device, batch_size=config.batch_size, workers=config.workers, cache_dir=cache_dir, progress=False,
+                  flow_root=data.flow_root)
+    ftrain = extract_features(encoder, train, config.features, **kwargs)
+    ftest = extract_features(encoder, test, config.features, **kwargs)
+    args = (ftrain.features, ftrain.labels, ftest.features, ftest.labels)
+    metrics: dict[str, float] = {}
+    if "retrieval" in protocols:
+        metrics |= _prefixed("retrieval", evaluate_retrieval(protocols["retrieval"], *args, device=device))
+    if "linear" in protocols:
+        metrics |= _prefixed("linear", evaluate_linear(protocols["linear"], *args))
+    if "knn" in protocols:
+        knn = protocols["knn"]
+        metrics |= _prefixed("knn", evaluate_knn(knn, *args, device=device))
+        metrics |= _bias_gap(ftrain, ftest, knn, test, data)
+    return metrics
+
+
+def scene_bias(data_path: str | Path) -> float:
+    """The scene-bias probability a MotionShapes data set was generated with (0 for other data)."""
+    try:
+        return float(json.loads((Path(data_path) / "motionshapes.json").read_text())["config"]["scene_bias"])
+    except (OSError, KeyError, TypeError, ValueError):
+        return 0.0
+
+
+def _bias_gap(ftrain, ftest, knn: KNNProtocol, test, data: DataConfig) -> dict[str, float]:
+    """kNN accuracy gap between bias-aligned and bias-conflicting test videos, on MotionShapes
+    generated with scene bias (without it, "aligned" carries no meaning and nothing is reported)."""
+    if scene_bias(data.path) <= 0:
+        return {}
+    try:
+        aligned = load_bias_alignment(data.path, test)
+    except (FileNotFoundError, KeyError, ValueError):
+        return {}
+    if aligned.all() or not aligned.any():
+        return {}
+    scores = knn_classify(ftrain.features, ftrain.labels, ftest.features, knn.k, knn.temperature, num_classes=len(test.classes))
+    gap = static_bias_gap(scores.argmax(dim=1), ftest.labels, aligned[ftest.indices])
+    return {"eval/probe/bias_gap": float(gap["gap"])}
+

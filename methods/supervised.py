@@ -1,0 +1,66 @@
+"""Supervised classification with labels: the "supervised" reference row and the fine-tune protocol.
+
+Not a self-supervised method: it trains the backbone plus a linear classifier with cross-entropy
+on the data set's labels, through the same training loop as every method (so AMP, DDP,
+checkpoints and tracking are shared). Started from random weights it is the "supervised"
+reference row (the ceiling of a table); started from a pretrained encoder (``init_encoder``) it is
+the fine-tune protocol. It is marked ``reference = True`` so suites do not list it as a method.
+
+Augmentation follows the fine-tune recipes of the seed papers (IIC, VCOP): random crop and
+horizontal flip, no colour augmentation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from harness.data.transforms import AugmentConfig
+from methods.base import DataSpec, Method, Recipe, StepOutput, TrainState, register_method
+
+
+@dataclass(frozen=True)
+class SupervisedConfig:
+    """Classifier settings; ``num_classes`` must be given (the data set's class count)."""
+
+    num_classes: int = 0
+    frames: int = 16
+    stride: int = 1
+    crop: int = 112
+    dropout: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.num_classes < 2:
+            raise ValueError(f"num_classes must be the data set's class count (>= 2), got {self.num_classes}")
+
+
+@register_method("supervised")
+class Supervised(Method):
+    """Backbone + linear classifier trained with labels (reference row and fine-tuning)."""
+
+    Config = SupervisedConfig
+    reference = True
+    recipe = Recipe(optimizer="sgd", lr=0.01, weight_decay=5e-4, momentum=0.9, schedule="multistep",
+                    milestones=(20, 25), gamma=0.1, epochs=30, batch_size=32)
+
+    def __init__(self, config: SupervisedConfig, backbone: nn.Module, *, dataset_size: int):
+        super().__init__(config, backbone, dataset_size=dataset_size)
+        self.classifier = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(backbone.feature_dim, config.num_classes))
+
+    def data_spec(self) -> DataSpec:
+        c = self.config
+        augment = AugmentConfig(size=(c.crop, c.crop), scale=(0.5, 1.0), jitter_p=0.0, grey_p=0.0, blur_p=0.0)
+        return DataSpec(clips=1, frames=c.frames, stride=c.stride, augment=augment)
+
+    def logits(self, clips: torch.Tensor) -> torch.Tensor:
+        """Class logits of (B, C, T, H, W) clips."""
+        return self.classifier(self.backbone(clips))
+
+    def training_step(self, batch: dict[str, torch.Tensor], state: TrainState) -> StepOutput:
+        logits = self.logits(batch["rgb"][:, 0])
+        loss = F.cross_entropy(logits, batch["label"])
+        accuracy = (logits.argmax(dim=1) == batch["label"]).float().mean()
+        return StepOutput(loss, {"supervised/acc": accuracy.detach()})
