@@ -26,19 +26,6 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = [
-    "POOLED",
-    "STAGE_NAMES",
-    "UnknownBackboneError",
-    "VideoBackbone",
-    "count_gmacs",
-    "count_params",
-    "create_backbone",
-    "describe_backbones",
-    "init_weights",
-    "list_backbones",
-    "register_backbone",
-]
 
 STAGE_NAMES: tuple[str, ...] = ("stem", "layer1", "layer2", "layer3", "layer4")
 POOLED = "pooled"

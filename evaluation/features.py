@@ -66,7 +66,6 @@ import hashlib
 import logging
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,6 +82,7 @@ from harness.data.modalities import residual_frames
 from harness.data.sampling import ClipSpec
 from harness.data.transforms import IMAGENET_MEAN, IMAGENET_STD, center_crop_video, normalize
 from harness.data.video import CorruptVideo
+from harness.io import atomic_write
 from harness.distributed import all_gather, is_distributed, rank, world_size
 
 log = logging.getLogger(__name__)
@@ -345,16 +345,8 @@ def _save_cache(path: Path, fs: FeatureSet, meta: dict) -> None:
         "keys": list(fs.keys),
         "meta": meta,
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as f:
+        torch.save(payload, f)
 
 
 # --------------------------------------------------------------------------------------------

@@ -53,7 +53,6 @@ from __future__ import annotations
 import io
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,7 +61,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from harness.io import write_text_atomic
+from harness.io import write_bytes_atomic, write_text_atomic
 
 __all__ = [
     "COLUMNS",
@@ -455,25 +454,11 @@ def _new_figure(**kwargs):
     return fig
 
 
-def _write_bytes_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _save_png(fig, path: str | os.PathLike, dpi: int) -> Path:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi)
     path = Path(path)
-    _write_bytes_atomic(path, buffer.getvalue())
+    write_bytes_atomic(path, buffer.getvalue())
     return path
 
 

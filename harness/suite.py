@@ -270,10 +270,13 @@ def _report(suite: Suite, experiment: str, parent, tracking_uri) -> dict:
     Reads the whole experiment, not only this invocation's children: runs skipped as finished
     belong to an earlier parent, and the report keeps the latest run per (row, backbone, seed)."""
     from harness.report import format_table_text, report_experiment
+    from harness.tracking import runtime_tags
 
     out_dir = Path(suite.pretrain.get("output_dir", "runs")) / "report"
-    paths = report_experiment(experiment, tracking_uri=tracking_uri, out_dir=out_dir,
-                              caption_lines=[f"produced by: vsbench run {suite.path}"])
+    env = runtime_tags()
+    caption = [f"produced by: `vsbench run {suite.path}`", f"vsbench commit: {env.get('git.commit', 'unknown')}",
+               f"device: {env.get('device', 'unknown')}; torch {env.get('torch.version', '?')}"]
+    paths = report_experiment(experiment, tracking_uri=tracking_uri, out_dir=out_dir, caption_lines=caption)
     print(format_table_text(paths["table"]))
     for key in ("markdown", "csv", "recall_plot"):
         if paths.get(key):

@@ -42,6 +42,7 @@ from harness.data.loader import LoadRequest, VideoLoader, make_loader
 from harness.data.sampling import ClipSpec
 from harness.data.transforms import VideoAugment
 from harness.distributed import DistInfo, convert_sync_batchnorm, init_distributed
+from harness.io import atomic_write
 from methods.base import DataSpec, Method, Recipe, StepOutput, TrainState, config_dict, create_method
 
 log = logging.getLogger(__name__)
@@ -184,14 +185,9 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
-    """``torch.save`` to a temporary sibling, then rename: a crash never leaves half a checkpoint."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """``torch.save`` through :func:`harness.io.atomic_write`: a crash never leaves half a checkpoint."""
+    with atomic_write(path) as f:
+        torch.save(state, f)
 
 
 def load_checkpoint(path: Path) -> dict:
