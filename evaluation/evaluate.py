@@ -15,6 +15,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -24,9 +25,10 @@ from evaluation.knn import evaluate_knn, knn_classify
 from evaluation.linear import evaluate_linear
 from evaluation.probes import load_bias_alignment, motion_probe, static_bias_gap
 from evaluation.protocols import FeatureProtocol, FinetuneProtocol, KNNProtocol, LinearProtocol, RetrievalProtocol
-from evaluation.retrieval import evaluate_retrieval
+from evaluation.retrieval import evaluate_retrieval, topk_neighbours
 from harness.config import DataConfig
 from harness.data.datasets import open_dataset
+from harness.data.video import read_frames
 
 log = logging.getLogger(__name__)
 PROTOCOLS = ("retrieval", "linear", "knn", "probe", "finetune")
@@ -82,8 +84,12 @@ def evaluate_encoder(
     seed: int = 0,
     output_dir: str | Path = "runs",
     run_name: str = "eval",
+    examples_path: str | Path | None = None,
 ) -> dict[str, float]:
-    """All enabled protocols on ``encoder``; fine-tuning needs ``finetune_from`` (an encoder.pt) and ``backbone``."""
+    """All enabled protocols on ``encoder``; fine-tuning needs ``finetune_from`` (an encoder.pt) and ``backbone``.
+
+    With ``examples_path``, retrieval also draws a PNG grid of test queries and their top-5
+    train neighbours (frame strips, framed green when the class matches)."""
     protocols = config.protocol_objects()
     split = config.features.split
     train = open_dataset(data.path, format=data.format, split=split, subset="train", progress=False)
@@ -91,7 +97,7 @@ def evaluate_encoder(
     metrics: dict[str, float] = {}
     encoder = encoder.to(device).eval()
     if {"retrieval", "linear", "knn"} & protocols.keys():
-        metrics |= _feature_protocols(encoder, train, test, protocols, config, device, cache_dir, data)
+        metrics |= _feature_protocols(encoder, train, test, protocols, config, device, cache_dir, data, examples_path)
     if "probe" in protocols:
         probe = motion_probe(encoder, test, config.features, generator=torch.Generator().manual_seed(seed),
                              max_videos=config.probe_videos, select="even", device=device)
@@ -103,7 +109,7 @@ def evaluate_encoder(
     return metrics
 
 
-def _feature_protocols(encoder, train, test, protocols, config: EvalConfig, device, cache_dir, data) -> dict[str, float]:
+def _feature_protocols(encoder, train, test, protocols, config: EvalConfig, device, cache_dir, data, examples_path) -> dict[str, float]:
     kwargs = dict(device=device, batch_size=config.batch_size, workers=config.workers, cache_dir=cache_dir, progress=False,
                   flow_root=data.flow_root)
     ftrain = extract_features(encoder, train, config.features, **kwargs)
@@ -112,6 +118,8 @@ def _feature_protocols(encoder, train, test, protocols, config: EvalConfig, devi
     metrics: dict[str, float] = {}
     if "retrieval" in protocols:
         metrics |= _prefixed("retrieval", evaluate_retrieval(protocols["retrieval"], *args, device=device))
+        if examples_path is not None:
+            retrieval_examples(train, test, ftrain, ftest, examples_path)
     if "linear" in protocols:
         metrics |= _prefixed("linear", evaluate_linear(protocols["linear"], *args))
     if "knn" in protocols:
@@ -119,6 +127,25 @@ def _feature_protocols(encoder, train, test, protocols, config: EvalConfig, devi
         metrics |= _prefixed("knn", evaluate_knn(knn, *args, device=device))
         metrics |= _bias_gap(ftrain, ftest, knn, test, data)
     return metrics
+
+
+def _strip(record, frames: int, size: tuple[int, int]) -> np.ndarray:
+    """``frames`` evenly spaced frames of a video, for display."""
+    return read_frames(record.path, np.linspace(0, record.num_frames - 1, frames).round().astype(int), size=size,
+                       num_frames=record.num_frames)
+
+
+def retrieval_examples(train, test, ftrain, ftest, path: str | Path, *, queries: int = 6, frames: int = 4,
+                       size: tuple[int, int] = (48, 64)) -> Path:
+    """A PNG grid: the first test videos of evenly spaced classes and their top-5 train neighbours."""
+    from harness.report import plot_retrieval_examples
+
+    chosen = np.linspace(0, len(ftest.indices) - 1, min(queries, len(ftest.indices))).round().astype(int)
+    _, neighbours = topk_neighbours(ftest.features[chosen], ftrain.features, min(5, len(ftrain.indices)))
+    query_frames = np.stack([_strip(test[int(ftest.indices[i])], frames, size) for i in chosen])
+    neighbour_frames = np.stack([np.stack([_strip(train[int(ftrain.indices[j])], frames, size) for j in row]) for row in neighbours.tolist()])
+    return plot_retrieval_examples(query_frames, neighbour_frames, ftest.labels[chosen].numpy(), ftrain.labels[neighbours].numpy(),
+                                   test.classes, path)
 
 
 def scene_bias(data_path: str | Path) -> float:

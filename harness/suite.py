@@ -215,10 +215,14 @@ def _pretrain_and_evaluate(item: SuiteRun, suite: Suite, evaluation, parent_id: 
 
     def evaluate(run, result, tracker):
         tracker.set_tags(tags)
+        examples = run.run_dir / "retrieval_examples.png"
         metrics = evaluate_encoder(run.method.encoder, data=config.data, config=evaluation, device=run.dist.device,
                                    cache_dir=Path(config.output_dir) / "features", finetune_from=str(result.encoder_path),
-                                   backbone=config.backbone, seed=config.seed, output_dir=config.output_dir, run_name=config.run_name)
+                                   backbone=config.backbone, seed=config.seed, output_dir=config.output_dir, run_name=config.run_name,
+                                   examples_path=examples if run.dist.is_main else None)
         tracker.log_metrics(metrics, step=result.steps)
+        if examples.exists():
+            tracker.log_artifact(examples)
 
     result = run_tracked(run, parent_run_id=parent_id, after=evaluate,
                          tags={"suite": suite.name, "row": item.row, "kind": "pretrain", "suite_key": key})

@@ -50,11 +50,12 @@ def _encoder():
     return create_backbone("r3d_tiny")
 
 
-def test_every_protocol_runs_on_one_encoder_and_is_deterministic(motionshapes_tiny):
+def test_every_protocol_runs_on_one_encoder_and_is_deterministic(motionshapes_tiny, tmp_path):
     data = DataConfig(path=str(motionshapes_tiny), workers=0)
-    a = evaluate_encoder(_encoder(), data=data, config=SMALL_EVAL, device=torch.device("cpu"))
+    a = evaluate_encoder(_encoder(), data=data, config=SMALL_EVAL, device=torch.device("cpu"), examples_path=tmp_path / "ex.png")
     b = evaluate_encoder(_encoder(), data=data, config=SMALL_EVAL, device=torch.device("cpu"))
     assert a == b
+    assert (tmp_path / "ex.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the retrieval example grid
     expected = {"eval/retrieval/R1", "eval/retrieval/R5", "eval/retrieval/R10", "eval/linear/top1", "eval/linear/mean_class_acc",
                 "eval/knn/top1", "eval/probe/sim_shuffled", "eval/probe/sim_reversed", "eval/probe/sim_static"}
     assert expected <= a.keys() and "eval/probe/bias_gap" not in a  # no scene bias in this data set
