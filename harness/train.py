@@ -174,6 +174,11 @@ def training_identity(config: PretrainConfig) -> dict:
     return identity
 
 
+def _scalar(value) -> float:
+    """A loss part as a Python float (detached first, so no autograd warning)."""
+    return float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
+
+
 def peak_memory_mb(device: torch.device) -> float:
     """Peak allocated device memory (CUDA) or peak resident set size of the process (CPU), in MB."""
     if device.type == "cuda":
@@ -330,9 +335,9 @@ class Pretraining:
             loss = out.loss.float()
             self._check_finite(loss, out)
             (loss / len(micro_batches)).backward()
-            total += float(loss.detach()) / len(micro_batches)
+            total += _scalar(loss) / len(micro_batches)
             for k, v in out.parts.items():
-                parts_sum[k] = parts_sum.get(k, 0.0) + float(v) / len(micro_batches)
+                parts_sum[k] = parts_sum.get(k, 0.0) + _scalar(v) / len(micro_batches)
         if self.config.clip_grad:
             parts_sum["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.method.parameters(), self.config.clip_grad))
         self.optimizer.step()
@@ -347,8 +352,8 @@ class Pretraining:
             return
         last = self.run_dir / CHECKPOINT
         where = f"last good checkpoint: {last}" if last.exists() else "no checkpoint was written yet"
-        parts = ", ".join(f"{k}={float(v):.4g}" for k, v in out.parts.items())
-        raise NonFiniteLoss(f"non-finite loss {float(loss)} at step {self.state.step} (epoch {self.state.epoch}) [{parts}]; {where}")
+        parts = ", ".join(f"{k}={_scalar(v):.4g}" for k, v in out.parts.items())
+        raise NonFiniteLoss(f"non-finite loss {_scalar(loss)} at step {self.state.step} (epoch {self.state.epoch}) [{parts}]; {where}")
 
     def _next_micro_batches(self, batches) -> list[dict] | None:
         group = []
