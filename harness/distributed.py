@@ -105,15 +105,6 @@ def all_gather_with_grad(x: torch.Tensor, mode: str = "full") -> torch.Tensor:
     return torch.cat(parts)
 
 
-def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
-    """Sum over ranks, without gradient (in place on a copy)."""
-    if not is_distributed():
-        return x
-    x = x.clone()
-    dist.all_reduce(x)
-    return x
-
-
 def batch_shuffle(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """MoCo's shuffle BN: gather the global batch, permute it, return this rank's share of the
     permutation and the indices that undo it. Identity in a single process."""

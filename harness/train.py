@@ -434,7 +434,7 @@ class Pretraining:
         """kNN top-1 of the current encoder (test split against train split, one centre clip per
         video): a cheap monitor that catches collapse early. Logged as ``eval/knn_online/*``."""
         from evaluation.features import extract_features
-        from evaluation.knn import evaluate_knn
+        from evaluation.knn import OnlineKNN
         from evaluation.protocols import FeatureProtocol, KNNProtocol
 
         spec, data = self.spec, self.config.data
@@ -446,7 +446,8 @@ class Pretraining:
         test = open_dataset(data.path, format=data.format, split=data.split, subset="test", progress=False)
         ftrain = extract_features(self.method.encoder, train, protocol, **kwargs)
         ftest = extract_features(self.method.encoder, test, protocol, **kwargs)
-        metrics = evaluate_knn(KNNProtocol(features=protocol), ftrain.features, ftrain.labels, ftest.features, ftest.labels)
+        monitor = OnlineKNN(KNNProtocol(features=protocol), device=self.dist.device)
+        metrics = monitor.evaluate(ftrain.features, ftrain.labels, ftest.features, ftest.labels)
         if self.tracker is not None:
             self.tracker.log_metrics({f"eval/knn_online/{k}": v for k, v in metrics.items()}, step=self.state.step)
         return metrics

@@ -67,11 +67,6 @@ class VideoInfo:
     fps: float | None = None
 
 
-def is_frame_folder(path: str | os.PathLike) -> bool:
-    """True when ``path`` is a directory (of extracted frames) rather than a video file."""
-    return os.path.isdir(path)
-
-
 @functools.lru_cache(maxsize=4096)
 def _frame_folder_layout(folder: str, mtime_ns: int) -> tuple[str, int, int]:
     """(name template, first index, count) of a frame folder; cached per folder version."""
