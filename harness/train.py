@@ -23,6 +23,7 @@ import contextlib
 import dataclasses
 import inspect
 import logging
+import math
 import os
 import resource
 import time
@@ -174,9 +175,13 @@ def training_identity(config: PretrainConfig) -> dict:
     return identity
 
 
-def _scalar(value) -> float:
-    """A loss part as a Python float (detached first, so no autograd warning)."""
-    return float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
+def _host_values(loss: torch.Tensor, parts: dict) -> dict[str, float]:
+    """The loss and every loss part as Python floats, moved to the host in one transfer."""
+    names = [k for k, v in parts.items() if isinstance(v, torch.Tensor)]
+    stacked = torch.stack([loss.detach().reshape(())] + [parts[k].detach().float().reshape(()).to(loss.device) for k in names])
+    values = dict(zip(["loss", *names], stacked.tolist()))
+    values.update({k: float(v) for k, v in parts.items() if not isinstance(v, torch.Tensor)})
+    return values
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -323,21 +328,28 @@ class Pretraining:
     # --------------------------------------------------------------------- training
 
     def train_step(self, micro_batches: list[dict]) -> StepOutput:
-        """One optimizer step over ``accumulate`` micro-batches (already loaded)."""
+        """One optimizer step over ``accumulate`` micro-batches (already loaded).
+
+        The loss and its parts reach the host in one transfer per micro-batch, before
+        ``backward()`` is launched: the finiteness check needs the forward result anyway, and
+        reading values after the launch would make the host wait for the whole backward pass.
+        """
         self.model.train()
         parts_sum: dict[str, float] = {}
         total = 0.0
+        n = len(micro_batches)
         for i, batch in enumerate(micro_batches):
-            sync = i == len(micro_batches) - 1
+            sync = i == n - 1
             no_sync = self.model.no_sync() if (not sync and isinstance(self.model, nn.parallel.DistributedDataParallel)) else contextlib.nullcontext()
             with no_sync, torch.autocast(self.dist.device.type, dtype=torch.bfloat16, enabled=self.amp):
                 out = self.model(self.augment(batch), self.state)
             loss = out.loss.float()
-            self._check_finite(loss, out)
-            (loss / len(micro_batches)).backward()
-            total += _scalar(loss) / len(micro_batches)
-            for k, v in out.parts.items():
-                parts_sum[k] = parts_sum.get(k, 0.0) + _scalar(v) / len(micro_batches)
+            values = _host_values(loss, out.parts)
+            self._check_finite(values)
+            (loss / n).backward()
+            total += values.pop("loss") / n
+            for k, v in values.items():
+                parts_sum[k] = parts_sum.get(k, 0.0) + v / n
         if self.config.clip_grad:
             parts_sum["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.method.parameters(), self.config.clip_grad))
         self.optimizer.step()
@@ -347,13 +359,13 @@ class Pretraining:
         self.method.after_optimizer_step(self.state)
         return StepOutput(torch.tensor(total), parts_sum)
 
-    def _check_finite(self, loss: torch.Tensor, out: StepOutput) -> None:
-        if torch.isfinite(loss):
+    def _check_finite(self, values: dict[str, float]) -> None:
+        if math.isfinite(values["loss"]):
             return
         last = self.run_dir / CHECKPOINT
         where = f"last good checkpoint: {last}" if last.exists() else "no checkpoint was written yet"
-        parts = ", ".join(f"{k}={_scalar(v):.4g}" for k, v in out.parts.items())
-        raise NonFiniteLoss(f"non-finite loss {_scalar(loss)} at step {self.state.step} (epoch {self.state.epoch}) [{parts}]; {where}")
+        parts = ", ".join(f"{k}={v:.4g}" for k, v in values.items() if k != "loss")
+        raise NonFiniteLoss(f"non-finite loss {values['loss']} at step {self.state.step} (epoch {self.state.epoch}) [{parts}]; {where}")
 
     def _next_micro_batches(self, batches) -> list[dict] | None:
         group = []

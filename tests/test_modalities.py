@@ -23,7 +23,7 @@ from harness.data.modalities import (
     residual_frames,
     static_view,
 )
-from harness.data.video import CorruptVideo
+from harness.data.video import CorruptVideo, write_video
 
 H, W, N = 96, 128, 10  # frame size and RGB frames per synthetic video
 
@@ -142,14 +142,7 @@ def _moving_frames(dx: int, dy: int, seed: int = 0) -> list[np.ndarray]:
 
 
 def _write_avi(path: Path, frames: list[np.ndarray]) -> Path:
-    import av
-
-    with av.open(str(path), "w", format="avi") as out:
-        stream = out.add_stream("mpeg4", rate=25)
-        stream.width, stream.height, stream.pix_fmt, stream.bit_rate = W, H, "yuv420p", 4_000_000
-        for frame in frames:
-            out.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-        out.mux(stream.encode())
+    write_video(path, np.stack(frames), bit_rate=4_000_000)
     return path
 
 
