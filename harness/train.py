@@ -121,7 +121,7 @@ def load_request(spec: DataSpec, config: PretrainConfig) -> LoadRequest:
     modalities = spec.modalities
     flow_root = config.data.flow_root or (str(Path(config.data.path) / "flow") if "flow" in modalities else None)
     return LoadRequest(ClipSpec(spec.frames, spec.stride, spec.clips), mode="random", modalities=modalities,
-                       size=spec.decode_size, flow_root=flow_root, backend=config.data.backend)
+                       size=spec.decode_size, flow_root=flow_root, backend=config.data.backend, sampler=spec.sampler)
 
 
 class DeviceAugment:
@@ -130,7 +130,7 @@ class DeviceAugment:
     def __init__(self, spec: DataSpec, device: torch.device, seed: int, channels_last: bool):
         self.spec = spec
         self.rgb = VideoAugment(spec.augment)
-        self.flow = VideoAugment(spec.augment, flow=True)
+        self.flow = VideoAugment(spec.augment, flow=True, negate_u_on_flip=spec.flow_flip_negates_u)
         self.device = device
         self.channels_last = channels_last
         self.generator = torch.Generator().manual_seed(seed)
@@ -337,6 +337,7 @@ class Pretraining:
         self.model.train()
         parts_sum: dict[str, float] = {}
         total = 0.0
+        skip = False
         n = len(micro_batches)
         for i, batch in enumerate(micro_batches):
             sync = i == n - 1
@@ -344,6 +345,7 @@ class Pretraining:
             with no_sync, torch.autocast(self.dist.device.type, dtype=torch.bfloat16, enabled=self.amp):
                 out = self.model(self.augment(batch), self.state)
             loss = out.loss.float()
+            skip = skip or out.skip_optimizer
             values = _host_values(loss, out.parts)
             self._check_finite(values)
             (loss / n).backward()
@@ -352,7 +354,8 @@ class Pretraining:
                 parts_sum[k] = parts_sum.get(k, 0.0) + v / n
         if self.config.clip_grad:
             parts_sum["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.method.parameters(), self.config.clip_grad))
-        self.optimizer.step()
+        if not skip:  # a method may ask to skip the update (DCLR's queue warm-up)
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.state.step += 1
         self.scheduler.step_update(self.state.step)

@@ -48,7 +48,8 @@ class DataSpec:
     shared_crop: bool = False  # one crop/flip for all clips of a video (RGB and flow of a clip always share)
     augment: AugmentConfig = AugmentConfig()  # per-clip device augmentation (the paper's recipe)
     decode_size: tuple[int, int] | None = (128, 171)  # (H, W) frames are resized to while decoding
-    sampler: str | None = None  # a named clip sampler (e.g. motion-screened), None = uniform random starts
+    sampler: str | None = None  # a named clip sampler (harness.data.sampling registry); None = independent random clips
+    flow_flip_negates_u: bool = True  # a flip negates u (flow as vectors); False flips the field only (colour-coded flow)
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,7 @@ class StepOutput:
 
     loss: torch.Tensor
     parts: dict[str, torch.Tensor | float] = field(default_factory=dict)
+    skip_optimizer: bool = False  # backward runs but the optimizer does not step (e.g. DCLR's queue warm-up)
 
 
 class Method(nn.Module):

@@ -58,3 +58,75 @@ def test_invalid_specs_name_the_field():
         ClipSpec(stride=0)
     with pytest.raises(ValueError, match="short"):
         ClipSpec(short="wrap")
+
+
+# ----------------------------------------------------------------------------- named samplers
+
+
+def test_overview_clips_split_one_window_into_a_b_and_half_rate_g():
+    from harness.data.sampling import overview_clips
+
+    for seed in range(20):
+        a, b, g = overview_clips(200, 8, (1.0, 3.0), np.random.default_rng(seed))
+        window = np.concatenate([a, b])
+        steps = np.diff(window)
+        assert (steps >= 1).all() and steps.max() - steps.min() <= 1  # one rate, rounded per frame
+        assert g.tolist() == window[::2].tolist()  # position m of G = position 2m of [A | B]
+        assert window[-1] < 200
+
+
+def test_overview_rate_is_capped_by_the_video_length():
+    from harness.data.sampling import overview_clips
+
+    # n = 40, 2 x 8 = 16 frames: sr <= 40 / 16 = 2.5 even though the range allows 3
+    for seed in range(50):
+        a, b, _ = overview_clips(40, 8, (1.0, 3.0), np.random.default_rng(seed))
+        window = np.concatenate([a, b])
+        assert window[-1] - window[0] <= round(2.5 * 15) and window[-1] < 40
+    # too short for even rate 1: loops, still in range
+    a, b, g = overview_clips(10, 8, (1.0, 3.0), np.random.default_rng(0))
+    assert max(a.max(), b.max(), g.max()) < 10
+
+
+def test_clips_with_static_repeat_one_frame_at_the_same_offset_of_two_different_windows():
+    from harness.data.sampling import clips_with_static
+
+    spec = ClipSpec(frames=4, stride=2, clips=4)  # windows of 7 raw frames
+    offsets = set()
+    for seed in range(40):
+        q, k, sq, sk = clips_with_static(30, spec, np.random.default_rng(seed))
+        assert q[0] != k[0]
+        assert (np.diff(q) == 2).all() and (np.diff(k) == 2).all()
+        assert len(set(sq)) == 1 and len(set(sk)) == 1
+        assert sq[0] - q[0] == sk[0] - k[0]  # the same raw offset in both windows
+        offsets.add(int(sq[0] - q[0]))
+    assert offsets == set(range(7))  # any raw frame of the window, odd ones included
+
+
+def test_sampler_registry_names_valid_choices_and_checks_the_clip_count(motionshapes_tiny):
+    from harness.data.datasets import open_dataset
+    from harness.data.loader import LoadRequest
+    from harness.data.sampling import build_sampler, list_samplers
+
+    videos = open_dataset(motionshapes_tiny, split=1, subset="train")
+    assert {"random", "overview", "with_static"} <= set(list_samplers())
+    with pytest.raises(KeyError, match="unknown clip sampler 'nope'.*overview"):
+        build_sampler("nope", videos, LoadRequest())
+    sample = build_sampler("overview", videos, LoadRequest())
+    assert sample(0, 100, ClipSpec(frames=4, stride=(1, 2), clips=3), np.random.default_rng(0)).shape == (3, 4)
+    with pytest.raises(ValueError, match="clips must be 3"):
+        sample(0, 100, ClipSpec(frames=4, clips=2), np.random.default_rng(0))
+
+
+def test_loader_uses_the_named_sampler(motionshapes_tiny):
+    from harness.data.datasets import open_dataset
+    from harness.data.loader import ClipDataset, LoadRequest
+
+    videos = open_dataset(motionshapes_tiny, split=1, subset="train")
+    request = LoadRequest(ClipSpec(frames=4, stride=2, clips=4), sampler="with_static", size=(32, 43))
+    item = ClipDataset(videos, request, seed=3)[(0, 0)]
+    idx = item["frame_indices"].numpy()
+    assert item["rgb"].shape == (4, 4, 32, 43, 3)
+    assert len(set(idx[2])) == 1 and (item["rgb"][2] == item["rgb"][2, :1]).all()  # a static clip
+    with pytest.raises(ValueError, match="for training"):
+        LoadRequest(sampler="with_static", mode="uniform")

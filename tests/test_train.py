@@ -194,3 +194,58 @@ def test_config_errors_name_the_key(motionshapes_tiny, capsys):
     assert "registered methods: " in capsys.readouterr().err
     assert main(["pretrain", "--backbone", "resnet50", "--data", str(motionshapes_tiny)]) == 2
     assert "r3d_18" in capsys.readouterr().err
+
+
+@dataclass(frozen=True)
+class _SkipConfig:
+    frames: int = 4
+    crop: int = 32
+    skip_until: int = 2
+
+
+@register_method("skip_test")
+class _SkipFirstSteps(Method):
+    """A test method that asks the harness to skip the optimizer step for its first steps."""
+
+    Config = _SkipConfig
+    recipe = Recipe(lr=0.1, weight_decay=0.1, epochs=1, batch_size=4, milestones=())
+
+    def data_spec(self) -> DataSpec:
+        return DataSpec(clips=1, frames=self.config.frames, augment=DataSpec().augment.__class__(size=(32, 32)))
+
+    def training_step(self, batch, state: TrainState) -> StepOutput:
+        loss = self.backbone(batch["rgb"][:, 0]).pow(2).mean()
+        return StepOutput(loss, skip_optimizer=state.step < self.config.skip_until)
+
+
+def test_skip_optimizer_runs_the_step_without_updating_parameters(motionshapes_tiny, tmp_path):
+    from harness.train import Pretraining
+
+    run = Pretraining(_config(motionshapes_tiny, tmp_path, method="skip_test", method_args={}, epochs=1))
+    batches = iter(run.loader)
+    before = {k: v.clone() for k, v in run.method.backbone.state_dict().items()}
+    for _ in range(2):
+        run.train_step([next(batches)])
+    after = run.method.backbone.state_dict()
+    assert run.state.step == 2
+    assert all(torch.equal(before[k], after[k]) for k in before if "running" not in k and "num_batches" not in k)
+    assert not all(torch.equal(before[k], after[k]) for k in before)  # BN statistics did update
+    run.train_step([next(batches)])  # step 2: a real update (weight decay alone moves every weight)
+    first = next(n for n, p in run.method.backbone.named_parameters())
+    assert not torch.equal(before[first], run.method.backbone.state_dict()[first])
+
+
+def test_flow_flip_negates_u_only_when_the_data_spec_says_so():
+    from harness.data.transforms import AugmentConfig
+    from harness.train import DeviceAugment
+
+    aug = AugmentConfig(size=(4, 6), scale=(1.0, 1.0), ratio=(1.5, 1.5), flip_p=1.0, jitter_p=0.0, grey_p=0.0, blur_p=0.0)
+    flow = torch.randint(0, 256, (1, 1, 2, 4, 6, 2), dtype=torch.uint8)
+    rgb = torch.zeros(1, 1, 2, 4, 6, 3, dtype=torch.uint8)
+    u = flow[0, 0, :, :, :, 0].float() / 255
+    for negate in (True, False):
+        spec = DataSpec(clips=1, frames=2, modalities=("rgb", "flow"), augment=aug, flow_flip_negates_u=negate)
+        out = DeviceAugment(spec, torch.device("cpu"), seed=0, channels_last=False)({"rgb": rgb, "flow": flow})
+        mirrored = u.flip(-1)
+        expected = 1 - mirrored if negate else mirrored
+        assert torch.allclose(out["flow"][0, 0, 0], expected, atol=1e-5)

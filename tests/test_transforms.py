@@ -352,3 +352,79 @@ def test_colour_ops_and_blur_match_torchvision_frame_by_frame():
     torch.testing.assert_close(gaussian_blur(x, torch.tensor([0.6, 1.7]), 5),
                                per_frame(lambda f, s: tvf.gaussian_blur(f, [5, 5], [s, s]), 0.6, 1.7),
                                atol=1e-5, rtol=0)
+
+
+# --------------------------------------------------------------------------- per-frame variants
+
+
+def _flat_clips(batch: int = 4, frames: int = 6) -> torch.Tensor:
+    """Clips whose every frame is the same colourful image: any frame-to-frame change is the augmentation's."""
+    g = gen(5)
+    image = torch.rand(batch, 3, 1, 8, 8, generator=g) * 0.6 + 0.2
+    return image.expand(-1, -1, frames, -1, -1).contiguous()
+
+
+def _colour_only(**changes) -> VideoAugment:
+    cfg = AugmentConfig(size=(8, 8), scale=(1.0, 1.0), ratio=(1.0, 1.0), flip_p=0.0, jitter_p=1.0, grey_p=0.0, blur_p=0.0,
+                        normalize=False)
+    return VideoAugment(cfg).with_config(**changes)
+
+
+def test_per_clip_jitter_keeps_frames_identical_and_per_frame_jitter_does_not():
+    x = _flat_clips()
+    y = _colour_only()(x, gen(1), CropParams.full(4))
+    assert torch.equal(y, y[:, :, :1].expand_as(y))
+    z = _colour_only(jitter_per_frame=True)(x, gen(1), CropParams.full(4))
+    assert (z[:, :, 1:] - z[:, :, :1]).abs().amax(dim=(1, 3, 4)).min() > 1e-3  # every frame differs from frame 0
+
+
+def test_per_frame_jitter_with_one_factor_per_frame_equals_jittering_each_frame_alone():
+    # brightness only: frame t of clip b is multiplied by its own factor
+    x = _flat_clips(batch=2, frames=3) * 0.6  # <= 0.48: a factor <= 1.5 never clamps
+    aug = _colour_only(jitter=(0.5, 0.0, 0.0, 0.0), jitter_per_frame=True)
+    y = aug(x, gen(2), CropParams.full(2))
+    ratio = (y / x).mean(dim=(1, 3, 4))  # (B, T): one brightness factor per frame
+    for b in range(2):
+        for t in range(3):
+            assert torch.allclose(y[b, :, t], x[b, :, t] * ratio[b, t], atol=1e-5)
+    assert len({round(float(r), 4) for r in ratio.flatten()}) == 6
+
+
+def test_per_frame_contrast_blends_with_each_frames_own_mean():
+    x = _flat_clips(batch=1, frames=2)
+    x[:, :, 1] *= 0.5  # frame 1 darker: a per-frame mean differs from the clip mean
+    from harness.data.transforms import _contrast_
+
+    factor = torch.tensor([[0.0, 0.0]], dtype=torch.float64)  # contrast 0: each frame becomes its own mean grey
+    y = _contrast_(x.clone(), factor)
+    for t in range(2):
+        mean_grey = grayscale(x[:, :, t:t + 1].mean(dim=(3, 4), keepdim=True))
+        assert torch.allclose(y[:, :, t:t + 1], mean_grey.expand_as(y[:, :, t:t + 1]), atol=1e-6)
+
+
+def test_channel_grey_copies_one_input_channel_per_frame():
+    x = _flat_clips(batch=3, frames=8)
+    aug = _colour_only(jitter_p=0.0, grey_p=1.0, grey_mode="channel", grey_per_frame=True)
+    y = aug(x, gen(3), CropParams.full(3))
+    used = set()
+    for b in range(3):
+        for t in range(8):
+            frame = y[b, :, t]
+            assert torch.equal(frame[0], frame[1]) and torch.equal(frame[1], frame[2])
+            matches = [c for c in range(3) if torch.equal(frame[0], x[b, c, t])]
+            assert matches
+            used.update(matches)
+    assert used == {0, 1, 2}
+
+
+def test_per_frame_grey_decision_greys_some_frames_of_a_clip_only():
+    x = _flat_clips(batch=2, frames=16)
+    y = _colour_only(jitter_p=0.0, grey_p=0.5, grey_per_frame=True)(x, gen(4), CropParams.full(2))
+    grey = (y[:, 0] == y[:, 1]).all(dim=(2, 3)) & (y[:, 1] == y[:, 2]).all(dim=(2, 3))  # (B, T)
+    assert grey.any(dim=1).all() and (~grey).any(dim=1).all()
+    assert torch.equal(y[~grey.unsqueeze(1).expand(-1, 3, -1)], x[~grey.unsqueeze(1).expand(-1, 3, -1)])
+
+
+def test_grey_mode_is_validated():
+    with pytest.raises(ValueError, match="grey_mode must be one of"):
+        AugmentConfig(grey_mode="average")

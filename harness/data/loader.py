@@ -29,7 +29,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from harness.data.datasets import VideoDataset
-from harness.data.sampling import ClipSpec, random_clips, uniform_clips
+from harness.data.sampling import ClipSpec, build_sampler, uniform_clips
 from harness.data.video import CorruptVideo, read_frames
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,7 @@ class LoadRequest:
     size: tuple[int, int] | None = None  # (H, W) to resize to while decoding; None keeps the file's size
     flow_root: str | None = None  # flow cache of `vsbench data flow`, needed for "flow"
     backend: str = "decord"
+    sampler: str | None = None  # named training sampler (harness.data.sampling registry); None = "random"
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -56,6 +57,8 @@ class LoadRequest:
             raise ValueError(f"modalities must be a non-empty subset of {MODALITIES}, got {self.modalities!r}")
         if "flow" in self.modalities and not self.flow_root:
             raise ValueError("the 'flow' modality needs flow_root (compute it with `vsbench data flow`)")
+        if self.sampler is not None and self.mode != "random":
+            raise ValueError(f"a named sampler ({self.sampler!r}) is for training (mode 'random'), not mode {self.mode!r}")
 
 
 class ClipDataset(Dataset):
@@ -66,6 +69,11 @@ class ClipDataset(Dataset):
         self.request = request
         self.seed = seed
         self.strict = strict
+        # built now so that an unknown name or missing sampler data fails before any worker starts
+        self._sampler = build_sampler(request.sampler, videos, request) if request.mode == "random" else None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_sampler": None}  # samplers may be closures: rebuilt in the worker
 
     def __len__(self) -> int:
         return len(self.videos)
@@ -75,7 +83,9 @@ class ClipDataset(Dataset):
         rec, spec = self.videos[index], self.request.spec
         if self.request.mode == "uniform":
             return uniform_clips(rec.num_frames, spec.frames, spec.clips, _fixed(spec.stride), spec.short)
-        return random_clips(rec.num_frames, spec, np.random.default_rng([self.seed, epoch, index]))
+        if self._sampler is None:
+            self._sampler = build_sampler(self.request.sampler, self.videos, self.request)
+        return self._sampler(index, rec.num_frames, spec, np.random.default_rng([self.seed, epoch, index]))
 
     def __getitem__(self, item: int | tuple[int, int]) -> dict:
         index, epoch = item if isinstance(item, tuple) else (item, 0)

@@ -7,6 +7,16 @@ All samplers return an int64 array of shape (clips, frames) with indices in [0, 
 - :func:`uniform_clips`: evaluation clips whose centres are evenly spaced over the video, the
   VCOP/IIC retrieval convention ``centres = linspace(span/2, n - span/2, N)``,
   ``start = int(centre - span/2)``. Deterministic: no randomness at test time.
+- :func:`overview_clips`: MLFO's two consecutive clips A, B plus the half-rate overview clip G
+  that spans both.
+- :func:`clips_with_static`: DCLR's two windows plus, per window, one raw frame repeated (the
+  input of its static view).
+
+Training samplers are looked up by name (``DataSpec.sampler``) in a registry:
+:func:`register_sampler` decorates a factory ``factory(videos, request) -> sampler`` and the
+loader calls ``sampler(video_index, num_frames, spec, rng)``. A factory sees the data set and the
+load request, so a sampler can read per-video data prepared offline (MSCL's motion-screened
+starts, :mod:`harness.data.mds`).
 
 A clip spans ``(frames - 1) * stride + 1`` frames. When a video is shorter than that, indices
 either loop around (``short="loop"``, the default, as VCOP and mmaction do) or repeat the last
@@ -15,9 +25,16 @@ frame (``short="clamp"``).
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from harness.data.datasets import VideoDataset
+    from harness.data.loader import LoadRequest
 
 SHORT_POLICIES = ("loop", "clamp")
 Stride = float | tuple[float, float]
@@ -103,3 +120,110 @@ def uniform_clips(num_frames: int, frames: int = 16, clips: int = 10, stride: fl
         centres = np.linspace(span / 2, num_frames - span / 2, clips)
         starts = (centres - span / 2).astype(np.int64)
     return _fit(starts[:, None] + offsets[None, :], num_frames, short)
+
+
+def overview_clips(num_frames: int, frames: int, rate: tuple[float, float], rng: np.random.Generator, short: str = "loop") -> np.ndarray:
+    """MLFO's clips A, B and G (3, ``frames``) from one window of ``2 * frames`` indices.
+
+    The rate is ``sr ~ U(lo, min(hi, n / (2 frames)))`` (never below ``lo``), the start
+    ``s ~ randint(0, n - sr * 2 frames)`` and the window ``round(s + sr * arange(2 frames))``
+    (METHODS.md 2.2). A is its first half, B its second half and G every other index, so position
+    m of G falls on the same frames as position m of the pooled [A | B]. A video too short for the
+    window at rate ``lo`` loops (or clamps) like :func:`random_clips`.
+    """
+    lo, hi = rate
+    window = 2 * frames
+    sr = rng.uniform(lo, max(lo, min(hi, num_frames / window)))
+    offsets = np.round(sr * np.arange(window)).astype(np.int64)
+    room = num_frames - offsets[-1]
+    start = int(rng.integers(0, room)) if room > 0 else (int(rng.integers(0, num_frames)) if short == "loop" else 0)
+    idx = _fit(start + offsets, num_frames, short)
+    return np.stack([idx[:frames], idx[frames:], idx[::2]])
+
+
+def clips_with_static(num_frames: int, spec: ClipSpec, rng: np.random.Generator) -> np.ndarray:
+    """DCLR's rows [clip q, clip k, static q, static k] of shape (4, frames).
+
+    q and k are two random windows at a fixed stride, different whenever the video has room for
+    two; one raw offset ``o ~ U{0 .. span-1}`` inside the window (not necessarily a sampled frame:
+    the original draws ``randint(0, 32)`` for a 32-frame window read at stride 2) is shared by both
+    windows, and each static row repeats that window's frame ``start + o``.
+    """
+    stride = _fixed_stride(spec.stride)
+    span = clip_span(spec.frames, stride)
+    offsets = _offsets(spec.frames, stride)
+    room = num_frames - span + 1
+    if room >= 2:
+        q, k = (int(v) for v in rng.choice(room, size=2, replace=False))
+    else:
+        q = k = int(rng.integers(0, num_frames)) if (room < 1 and spec.short == "loop") else 0
+    o = int(rng.integers(0, span))
+    rows = [q + offsets, k + offsets, np.full(spec.frames, q + o), np.full(spec.frames, k + o)]
+    return _fit(np.stack(rows).astype(np.int64), num_frames, spec.short)
+
+
+def _fixed_stride(stride: Stride) -> float:
+    lo, hi = stride_range(stride)
+    if lo != hi:
+        raise ValueError(f"this sampler needs a fixed stride, got the range {stride!r}")
+    return lo
+
+
+# ----------------------------------------------------------------------------- registry
+
+ClipSampler = Callable[[int, int, ClipSpec, np.random.Generator], np.ndarray]
+SamplerFactory = Callable[["VideoDataset", "LoadRequest"], ClipSampler]
+_SAMPLERS: dict[str, SamplerFactory] = {}
+_SAMPLER_MODULES = ()  # modules that register further samplers when imported
+
+
+def register_sampler(name: str) -> Callable[[SamplerFactory], SamplerFactory]:
+    """Decorator: make ``factory(videos, request) -> sampler`` available as ``DataSpec.sampler = name``."""
+
+    def add(factory: SamplerFactory) -> SamplerFactory:
+        if name in _SAMPLERS and _SAMPLERS[name] is not factory:
+            raise ValueError(f"sampler name {name!r} is already registered")
+        _SAMPLERS[name] = factory
+        return factory
+
+    return add
+
+
+def list_samplers() -> list[str]:
+    """The registered training-sampler names."""
+    for module in _SAMPLER_MODULES:
+        importlib.import_module(module)
+    return sorted(_SAMPLERS)
+
+
+def build_sampler(name: str | None, videos: VideoDataset, request: LoadRequest) -> ClipSampler:
+    """The sampler registered as ``name`` (None = "random") for ``videos``; unknown names list the valid ones."""
+    name = name or "random"
+    if name not in list_samplers():
+        raise KeyError(f"unknown clip sampler {name!r}; registered samplers: {', '.join(list_samplers())}")
+    return _SAMPLERS[name](videos, request)
+
+
+@register_sampler("random")
+def _random_factory(videos, request) -> ClipSampler:
+    return lambda index, num_frames, spec, rng: random_clips(num_frames, spec, rng)
+
+
+@register_sampler("overview")
+def _overview_factory(videos, request) -> ClipSampler:
+    def sample(index: int, num_frames: int, spec: ClipSpec, rng: np.random.Generator) -> np.ndarray:
+        if spec.clips != 3:
+            raise ValueError(f"the overview sampler gives clips A, B and G: clips must be 3, got {spec.clips}")
+        return overview_clips(num_frames, spec.frames, stride_range(spec.stride), rng, spec.short)
+
+    return sample
+
+
+@register_sampler("with_static")
+def _with_static_factory(videos, request) -> ClipSampler:
+    def sample(index: int, num_frames: int, spec: ClipSpec, rng: np.random.Generator) -> np.ndarray:
+        if spec.clips != 4:
+            raise ValueError(f"the with_static sampler gives [q, k, static q, static k]: clips must be 4, got {spec.clips}")
+        return clips_with_static(num_frames, spec, rng)
+
+    return sample

@@ -20,7 +20,8 @@ Operations
   probability ``p`` per clip, always in the fixed order brightness, contrast, saturation, hue
   (torchvision randomises the order per call), clamped to [0, 1] after each op.
   Grey = 0.299 R + 0.587 G + 0.114 B.
-- :func:`random_grayscale`: with probability ``p`` per clip, RGB -> grey repeated on 3 channels.
+- :func:`random_grayscale`: with probability ``p`` per clip, RGB -> grey repeated on 3 channels
+  (per frame, or one random channel instead of the luma: see below).
 - :func:`gaussian_blur` / :func:`random_gaussian_blur`: separable Gaussian, per-clip sigma
   (``U(sigma_min, sigma_max)``), fixed odd kernel size, reflect padding, one grouped convolution
   per direction for the whole batch.
@@ -36,8 +37,12 @@ Per-clip consistency
 Random parameters are drawn PER CLIP (per batch element) and applied IDENTICALLY to every frame of
 that clip, so a clip stays temporally consistent: a crop that moved or a brightness that flickered
 from frame to frame would add motion that is not in the video, which the temporal pretext tasks and
-the flow modality would then learn. (The seed repositories differ here: some jitter every frame
-independently. Per-frame variants are out of scope for now.) Randomness comes only from the
+the flow modality would then learn. This is the default. Some seed repositories jitter frames
+independently, and a method that reproduces one asks for it in its ``AugmentConfig``:
+``jitter_per_frame`` draws the jitter factors per frame (the apply/skip decision stays per clip, as
+MSCL's kornia pipeline; contrast then blends with each frame's own mean grey), ``grey_per_frame``
+draws the grey decision per frame, and ``grey_mode="channel"`` replaces the luma by one random RGB
+channel copied to all three (MLFO's DPC-style ``RandomGray``). Randomness comes only from the
 ``torch.Generator`` passed in; parameters are drawn on that generator's device and then moved to the
 data's device, and every random op draws the same amount whatever its probability, so runs are
 reproducible and resumable.
@@ -66,6 +71,7 @@ import torch.nn.functional as F
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 GREY_WEIGHTS = (0.299, 0.587, 0.114)
+GREY_MODES = ("luma", "channel")
 CROP_TRIES = 10  # RandomResizedCrop's number of attempts before the central fallback
 
 __all__ = [
@@ -102,7 +108,10 @@ class AugmentConfig:
     flip_p: float = 0.5
     jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1)  # brightness, contrast, saturation, hue
     jitter_p: float = 0.8
+    jitter_per_frame: bool = False  # jitter factors drawn per frame (MLFO, MSCL); apply/skip stays per clip
     grey_p: float = 0.2
+    grey_per_frame: bool = False  # grey decision (and channel) drawn per frame (MLFO's RandomGray)
+    grey_mode: str = "luma"  # luma: 0.299 R + 0.587 G + 0.114 B; channel: one random channel copied to all three
     blur_p: float = 0.5
     blur_sigma: tuple[float, float] = (0.1, 2.0)
     blur_kernel: int = 11
@@ -113,6 +122,8 @@ class AugmentConfig:
     def __post_init__(self) -> None:
         if not (0 < self.scale[0] <= self.scale[1]) or not (0 < self.ratio[0] <= self.ratio[1]):
             raise ValueError(f"need 0 < scale[0] <= scale[1] and 0 < ratio[0] <= ratio[1], got {self}")
+        if self.grey_mode not in GREY_MODES:
+            raise ValueError(f"grey_mode must be one of {GREY_MODES}, got {self.grey_mode!r}")
         if self.blur_kernel % 2 != 1:
             raise ValueError(f"blur_kernel must be odd, got {self.blur_kernel}")
         if not 0 <= self.jitter[3] <= 0.5:
@@ -177,12 +188,17 @@ def _to(
 
 
 def _per_clip(values: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
-    """Per-clip values (B,) (or one scalar for all) as (B, 1, 1, 1, 1) in ``x``'s dtype and device."""
-    return _to(values, x.device, x.dtype).reshape(-1, 1, 1, 1, 1)
+    """Per-clip values (B,) (or one scalar for all) as (B, 1, 1, 1, 1), or per-frame values
+    (B, T) as (B, 1, T, 1, 1), in ``x``'s dtype and device."""
+    return _broadcastable(_to(values, x.device, x.dtype))
 
 
 def _per_clip_mask(mask: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    return _to(mask, x.device, torch.bool).reshape(-1, 1, 1, 1, 1)
+    return _broadcastable(_to(mask, x.device, torch.bool))
+
+
+def _broadcastable(t: torch.Tensor) -> torch.Tensor:
+    return t.reshape(t.shape[0], 1, t.shape[1], 1, 1) if t.dim() == 2 else t.reshape(-1, 1, 1, 1, 1)
 
 
 def _video_hw(x: torch.Tensor) -> tuple[int, int]:
@@ -341,7 +357,10 @@ def _blend_(y: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> torch
 
 
 def _contrast_(y: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    channel_means = y.mean(dim=(2, 3, 4), keepdim=True)  # (B, 3, 1, 1, 1), over the whole clip
+    """Blend with the mean grey level: of the whole clip for per-clip factors (B,), of each frame
+    for per-frame factors (B, T) (torchvision's per-image contrast)."""
+    dims = (3, 4) if torch.as_tensor(factor).dim() == 2 else (2, 3, 4)
+    channel_means = y.mean(dim=dims, keepdim=True)  # (B, 3, 1 or T, 1, 1)
     return _blend_(y, grayscale(channel_means), factor)  # grey is linear: grey of the means
 
 
@@ -397,10 +416,11 @@ def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     return _hue_(x.clone(), shift, torch.ones(x.shape[0], dtype=torch.bool, device=x.device))
 
 
-def _draw_jitter(batch: int, strength: Sequence[float], p: float, generator: torch.Generator):
-    """Per-clip apply mask and factors (brightness, contrast, saturation, hue shift), torchvision's ranges."""
+def _draw_jitter(batch: int, strength: Sequence[float], p: float, generator: torch.Generator, frames: int | None = None):
+    """Per-clip apply mask (B,) and factors (brightness, contrast, saturation, hue shift) in
+    torchvision's ranges, one per clip (B,) or, given ``frames``, one per frame (B, T)."""
     apply = _rand(generator, batch) < p
-    u = _rand(generator, 4, batch)
+    u = _rand(generator, 4, batch) if frames is None else _rand(generator, 4, batch, frames)
     factors = [max(0.0, 1.0 - s) + (1.0 + s - max(0.0, 1.0 - s)) * u[i] for i, s in enumerate(strength[:3])]
     factors.append(strength[3] * (2 * u[3] - 1))
     return apply, factors
@@ -408,9 +428,10 @@ def _draw_jitter(batch: int, strength: Sequence[float], p: float, generator: tor
 
 def _jitter_(y: torch.Tensor, strength: Sequence[float], apply: torch.Tensor, factors) -> torch.Tensor:
     """In-place colour jitter of the selected clips; an op whose strength is 0 is skipped."""
+    mask = apply.view(-1, *([1] * (factors[0].dim() - 1)))  # (B,) or (B, 1) against per-frame factors
     for op, factor, s in zip((_brightness_, _contrast_, _saturation_), factors, strength):
         if s > 0:  # factor 1 on unselected clips is an exact identity
-            op(y, torch.where(apply, factor, torch.ones_like(factor)))
+            op(y, torch.where(mask, factor, torch.ones_like(factor)))
     if strength[3] > 0:
         _hue_(y, factors[3], apply)  # the HSV round trip is not bit-exact: select explicitly
     return y
@@ -437,14 +458,22 @@ def random_grayscale(x: torch.Tensor, generator: torch.Generator, p: float = 0.2
     return _random_grey_(x.clone(), _rand(generator, x.shape[0]) < p)
 
 
-def _random_grey_(y: torch.Tensor, apply: torch.Tensor) -> torch.Tensor:
-    """Replace the selected clips by their grey level on all three channels, in place."""
+def _random_grey_(y: torch.Tensor, apply: torch.Tensor, channel: torch.Tensor | None = None) -> torch.Tensor:
+    """Replace the selected clips (mask (B,)) or frames (mask (B, T)) by a grey image on all three
+    channels, in place: the luma, or with ``channel`` (same shape as the mask, values 0..2) that
+    channel of the image (the "channel split" greyscale of DPC/MLFO)."""
     if apply.device.type == "cpu" and not apply.any():  # no host check of a GPU mask (it would sync)
         return y
-    grey = grayscale(y)
+    grey = grayscale(y) if channel is None else _channel_image(y, channel)
     for c in range(3):
         _select_(y[:, c:c + 1], apply, grey)
     return y
+
+
+def _channel_image(y: torch.Tensor, channel: torch.Tensor) -> torch.Tensor:
+    """(B, 1, T, H, W): channel ``channel[b]`` (or ``channel[b, t]`` per frame) of each clip."""
+    index = _broadcastable(_to(channel, y.device, torch.long)).expand(-1, 1, y.shape[2], *y.shape[3:])
+    return torch.gather(y, 1, index)
 
 
 # --------------------------------------------------------------------------- blur
@@ -605,12 +634,15 @@ class VideoAugment:
 
     def _colour_(self, y: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Jitter, grey, blur, normalise -- in place: ``y`` is this call's own buffer."""
-        cfg, B = self.cfg, y.shape[0]
+        cfg, B, T = self.cfg, y.shape[0], y.shape[2]
         _check_rgb(y)
-        jitter = _draw_jitter(B, cfg.jitter, cfg.jitter_p, generator)
+        jitter = _draw_jitter(B, cfg.jitter, cfg.jitter_p, generator, T if cfg.jitter_per_frame else None)
         if cfg.jitter_p > 0:
             _jitter_(y, cfg.jitter, *jitter)
-        _random_grey_(y, _rand(generator, B) < cfg.grey_p)
+        grey_shape = (B, T) if cfg.grey_per_frame else (B,)
+        grey = _rand(generator, *grey_shape) < cfg.grey_p
+        channel = (_rand(generator, *grey_shape) * 3).long().clamp_(max=2) if cfg.grey_mode == "channel" else None
+        _random_grey_(y, grey, channel)
         blur, sigma = _draw_blur(B, cfg.blur_p, cfg.blur_sigma, generator)
         if cfg.blur_p > 0:
             _blur_some_(y, blur, sigma, cfg.blur_kernel)
