@@ -165,7 +165,7 @@ class PretrainConfig:
     decode_size: tuple[int, int] | None = None  # (H, W) to decode at, overriding the method's DataSpec (e.g. small CPU runs)
     steps_per_epoch: int | None = None  # cap optimizer steps per epoch (small budgets); None = the whole data set
     accumulate: int = 1  # gradient accumulation: micro-batches per optimizer step
-    clip_grad: float | None = None  # max gradient norm
+    clip_grad: float | None = None  # max gradient norm (overrides the method recipe's; 0 = off)
     amp: bool = True  # bf16 autocast on CUDA (CPU runs are fp32)
     channels_last: bool = True  # channels_last_3d memory format on CUDA
     cudnn_benchmark: bool = True

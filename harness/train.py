@@ -352,8 +352,8 @@ class Pretraining:
             total += values.pop("loss") / n
             for k, v in values.items():
                 parts_sum[k] = parts_sum.get(k, 0.0) + v / n
-        if self.config.clip_grad:
-            parts_sum["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.method.parameters(), self.config.clip_grad))
+        if self.recipe.clip_grad:
+            parts_sum["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.method.parameters(), self.recipe.clip_grad))
         if not skip:  # a method may ask to skip the update (DCLR's queue warm-up)
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)

@@ -67,6 +67,7 @@ class Recipe:
     warmup_epochs: float = 0.0
     epochs: int = 200
     batch_size: int = 16
+    clip_grad: float | None = None  # max L2 norm of the gradient (e.g. MSCL's 40); None = no clipping
 
 
 @dataclass

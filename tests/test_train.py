@@ -249,3 +249,24 @@ def test_flow_flip_negates_u_only_when_the_data_spec_says_so():
         mirrored = u.flip(-1)
         expected = 1 - mirrored if negate else mirrored
         assert torch.allclose(out["flow"][0, 0, 0], expected, atol=1e-5)
+
+
+@register_method("clip_test")
+class _ClippedSteps(_SkipFirstSteps):
+    """Plain SGD with lr 1 and the recipe's gradient clipping: one step moves the weights by <= clip_grad."""
+
+    recipe = Recipe(lr=1.0, momentum=0.0, weight_decay=0.0, epochs=1, batch_size=4, milestones=(), clip_grad=1e-3)
+
+
+@pytest.mark.parametrize("override", [None, 2e-3])
+def test_the_recipe_clips_gradients_and_the_config_overrides_it(motionshapes_tiny, tmp_path, override):
+    from harness.train import Pretraining
+
+    run = Pretraining(_config(motionshapes_tiny, tmp_path, method="clip_test", method_args={"skip_until": 0}, epochs=1,
+                              clip_grad=override))
+    before = [p.detach().clone() for p in run.method.parameters()]
+    out = run.train_step([next(iter(run.loader))])
+    moved = torch.cat([(p.detach() - b).flatten() for p, b in zip(run.method.parameters(), before)]).norm()
+    limit = override or 1e-3
+    assert out.parts["grad_norm"] > limit  # the raw gradient was larger than the limit ...
+    assert limit * 0.99 < moved <= limit * 1.0001  # ... and the step was cut to it
