@@ -92,6 +92,22 @@ def all_gather(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts)
 
 
+class _ContiguousGrad(torch.autograd.Function):
+    """Identity whose backward makes the incoming gradient contiguous.
+
+    torch's differentiable ``all_gather`` sends gradients back into ``empty_like(grad)`` buffers,
+    which keep a non-contiguous gradient's strides (einsum produces such gradients); gloo then
+    reads the received data in the wrong order. A contiguous gradient avoids it."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return grad.contiguous()
+
+
 def all_gather_with_grad(x: torch.Tensor, mode: str = "full") -> torch.Tensor:
     """Concatenate ``x`` from every rank along dim 0, keeping a gradient (``mode`` = "full" or "local")."""
     if mode not in ("full", "local"):
@@ -99,7 +115,7 @@ def all_gather_with_grad(x: torch.Tensor, mode: str = "full") -> torch.Tensor:
     if not is_distributed():
         return x
     if mode == "full":
-        return torch.cat(dist_fn.all_gather(x.contiguous()))
+        return _ContiguousGrad.apply(torch.cat(dist_fn.all_gather(x.contiguous())))
     parts = list(all_gather(x).chunk(world_size()))
     parts[rank()] = x
     return torch.cat(parts)

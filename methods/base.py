@@ -143,7 +143,7 @@ class Method(nn.Module):
 # ----------------------------------------------------------------------------- registry
 
 _METHODS: dict[str, type[Method]] = {}
-_BUILTIN_MODULES = ("methods.iic", "methods.moco", "methods.supervised")
+_BUILTIN_MODULES = ("methods.dclr", "methods.iic", "methods.mlfo", "methods.moco", "methods.supervised")
 
 
 def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
