@@ -141,6 +141,25 @@ def batch_unshuffle(x: torch.Tensor, unshuffle: torch.Tensor) -> torch.Tensor:
     return all_gather(x)[unshuffle[rank() * n : (rank() + 1) * n]]
 
 
+def shuffle_bn_forward(fn, x: torch.Tensor, *, enabled: bool = True):
+    """MoCo's shuffle BN (He et al. 2020, Sec. 3.3) around ``fn``: run it on this rank's share of
+    a random permutation of the global batch, then undo the permutation on its output (a tensor or
+    a dict of tensors), so a key's BatchNorm statistics never come from its own query's batch.
+    Plain ``fn(x)`` in one process or when not ``enabled`` (e.g. under SyncBN, see :func:`has_sync_bn`)."""
+    if not enabled or not is_distributed():
+        return fn(x)
+    shuffled, unshuffle = batch_shuffle(x)
+    out = fn(shuffled)
+    if isinstance(out, dict):
+        return {k: batch_unshuffle(v, unshuffle) for k, v in out.items()}
+    return batch_unshuffle(out, unshuffle)
+
+
+def has_sync_bn(module: nn.Module) -> bool:
+    """Whether ``module`` holds synchronised BatchNorm (torch's or :class:`SyncBatchNorm`)."""
+    return any(isinstance(m, (nn.SyncBatchNorm, SyncBatchNorm)) for m in module.modules())
+
+
 class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
     """BatchNorm whose training statistics are over the global batch, on any backend.
 

@@ -401,6 +401,7 @@ class Pretraining:
     def _record(self, out: StepOutput, clips: int, step_time: float, data_time: float, bar) -> None:
         self.clips_done += clips
         self.step_times.append(step_time)
+        self.data_times.append(data_time)
         lr = self.optimizer.param_groups[0]["lr"]
         if bar is not None:
             bar.update()
@@ -420,7 +421,7 @@ class Pretraining:
 
     def run(self) -> PretrainResult:
         """Train from the current position to the last epoch; returns what the run produced."""
-        self.clips_done, self.step_times = 0, []
+        self.clips_done, self.step_times, self.data_times = 0, [], []
         start = time.perf_counter()
         self.scheduler.step_update(self.state.step)
         first_epoch = self.state.epoch

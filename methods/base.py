@@ -52,6 +52,12 @@ class DataSpec:
     flow_flip_negates_u: bool = True  # a flip negates u (flow as vectors); False flips the field only (colour-coded flow)
 
 
+def decode_size_for_crop(crop: int, at_112: tuple[int, int] = (128, 171)) -> tuple[int, int]:
+    """The (H, W) a paper decodes its frames to for 112-px crops (``at_112``), scaled to ``crop``,
+    so a suite that shrinks the crop keeps each method's crop-to-frame proportion."""
+    return round(at_112[0] * crop / 112), round(at_112[1] * crop / 112)
+
+
 @dataclass(frozen=True)
 class Recipe:
     """A paper's pretraining recipe; a suite may scale the budget (epochs) and the milestones follow."""
@@ -143,7 +149,7 @@ class Method(nn.Module):
 # ----------------------------------------------------------------------------- registry
 
 _METHODS: dict[str, type[Method]] = {}
-_BUILTIN_MODULES = ("methods.dclr", "methods.iic", "methods.mlfo", "methods.moco", "methods.supervised")
+_BUILTIN_MODULES = ("methods.dclr", "methods.iic", "methods.mlfo", "methods.moco", "methods.mscl", "methods.supervised")
 
 
 def register_method(name: str) -> Callable[[type[Method]], type[Method]]:

@@ -103,7 +103,6 @@ Other deviations, and why:
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass
 
 import torch
@@ -112,9 +111,9 @@ import torch.nn.functional as F
 
 from harness.data.modalities import dynamic_view
 from harness.data.transforms import AugmentConfig
-from harness.distributed import all_gather, batch_shuffle, batch_unshuffle, world_size
-from methods.base import DataSpec, Method, Recipe, StepOutput, TrainState, register_method
-from methods.losses import MLPHead, MoCoQueue, ema_update, moco_logits, multi_positive_nce
+from harness.distributed import all_gather, has_sync_bn, shuffle_bn_forward
+from methods.base import DataSpec, Method, Recipe, StepOutput, TrainState, decode_size_for_crop, register_method
+from methods.losses import MLPHead, MoCoQueue, capped_queue_size, ema_update, moco_logits, multi_positive_nce
 
 __all__ = [
     "DCLRConfig",
@@ -237,20 +236,6 @@ def warmup_active(state: TrainState, iterations: int) -> bool:
 # --------------------------------------------------------------------------------------------
 
 
-def _queue_size(requested: int, dataset_size: int) -> int:
-    """``requested`` capped at the largest power of two <= dataset_size / 4 (at least 16).
-
-    The rule of ``methods/moco.py``; a method must not import another, so it is repeated here
-    until it moves to :mod:`methods.losses`."""
-    cap = 2 ** max(4, int(math.floor(math.log2(max(dataset_size / 4, 1)))))
-    return min(requested, cap)
-
-
-def _decode_size(crop: int) -> tuple[int, int]:
-    """128x171 decoding, scaled with the crop (112 -> (128, 171))."""
-    return round(128 * crop / 112), round(171 * crop / 112)
-
-
 def _blur_kernel(crop: int) -> int:
     """The original's blur kernel ``int(0.1 * crop) // 2 * 2 + 1`` (11 at 112 px)."""
     return int(0.1 * crop) // 2 * 2 + 1
@@ -281,7 +266,7 @@ class DCLR(Method):
         self.heads = nn.ModuleDict({n: _init_head(MLPHead(dim, dim, config.embed_dim, normalize=True)) for n in self.head_names})
         self.key_backbone = copy.deepcopy(backbone).requires_grad_(False)
         self.key_heads = copy.deepcopy(self.heads).requires_grad_(False)
-        self.queue = MoCoQueue(_queue_size(config.queue_size, dataset_size), {n: config.embed_dim for n in self.head_names})
+        self.queue = MoCoQueue(capped_queue_size(config.queue_size, dataset_size, videos_per_slot=4), {n: config.embed_dim for n in self.head_names})
 
     def _head_names(self) -> tuple[str, ...]:
         c = self.config
@@ -291,7 +276,7 @@ class DCLR(Method):
         c = self.config
         augment = AugmentConfig(size=(c.crop, c.crop), blur_kernel=_blur_kernel(c.crop))
         return DataSpec(clips=4, frames=c.frames, stride=c.stride, sampler="with_static", shared_crop=False,
-                        augment=augment, decode_size=_decode_size(c.crop))
+                        augment=augment, decode_size=decode_size_for_crop(c.crop))
 
     # ------------------------------------------------------------------ encoders
 
@@ -343,15 +328,12 @@ class DCLR(Method):
     def keys(self, views: torch.Tensor) -> dict[str, torch.Tensor]:
         """Key embeddings of the key clip's views; the batch (all views of a video together) is
         shuffled across ranks around the key encoder (shuffle BN)."""
-        shuffle = self.config.shuffle_bn and world_size() > 1 and not self._has_sync_bn()
-        if shuffle:
-            views, unshuffle = batch_shuffle(views)
-        maps = self._layer4(self.key_backbone, views)
-        k = self._embed(self.key_heads, maps, self._weights(maps))
-        return {n: batch_unshuffle(t, unshuffle) for n, t in k.items()} if shuffle else k
+        enabled = self.config.shuffle_bn and not has_sync_bn(self.key_backbone)
+        return shuffle_bn_forward(self._key_embeddings, views, enabled=enabled)
 
-    def _has_sync_bn(self) -> bool:
-        return any(isinstance(m, nn.SyncBatchNorm) or type(m).__name__ == "SyncBatchNorm" for m in self.key_backbone.modules())
+    def _key_embeddings(self, views: torch.Tensor) -> dict[str, torch.Tensor]:
+        maps = self._layer4(self.key_backbone, views)
+        return self._embed(self.key_heads, maps, self._weights(maps))
 
     # ------------------------------------------------------------------ loss
 

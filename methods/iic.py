@@ -80,7 +80,7 @@ import torch.nn.functional as F
 from harness.data.modalities import residual_frames, static_view
 from harness.data.transforms import AugmentConfig
 from harness.distributed import all_gather
-from methods.base import DataSpec, Method, Recipe, StepOutput, TrainState, register_method
+from methods.base import DataSpec, Method, Recipe, StepOutput, TrainState, decode_size_for_crop, register_method
 from methods.losses import MemoryBank
 
 __all__ = ["IICConfig", "IIC", "repeat_negative", "shuffle_negative", "iic_logits", "iic_loss", "effective_k"]
@@ -216,11 +216,6 @@ def iic_loss(
 # --------------------------------------------------------------------------------------------
 
 
-def _decode_size(crop: int) -> tuple[int, int]:
-    """The original's 128x171 decode, scaled with the crop (112 -> (128, 171))."""
-    return round(128 * crop / 112), round(171 * crop / 112)
-
-
 def fixed_crop_augment(crop: int, decode_size: tuple[int, int]) -> AugmentConfig:
     """A RandomCrop(crop) of a ``decode_size`` frame, as an AugmentConfig: area and aspect pinned,
     no flip / colour / blur / normalisation (values stay in [0, 1])."""
@@ -252,7 +247,7 @@ class IIC(Method):
 
     def data_spec(self) -> DataSpec:
         c = self.config
-        decode = _decode_size(c.crop)
+        decode = decode_size_for_crop(c.crop)
         modalities = ("rgb", "flow") if c.view2 in ("u", "v") else ("rgb",)
         return DataSpec(clips=1, frames=c.frames, stride=c.stride, modalities=modalities,
                         augment=fixed_crop_augment(c.crop, decode), decode_size=decode)

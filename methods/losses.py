@@ -31,6 +31,7 @@ __all__ = [
     "moco_loss",
     "multi_positive_nce",
     "MoCoQueue",
+    "capped_queue_size",
     "MemoryBank",
     "sinkhorn_knopp",
     "ema_update",
@@ -276,6 +277,18 @@ class MoCoQueue(nn.Module):
 
     def extra_repr(self) -> str:
         return f"size={self.size}, dims={self.dims}, track_age={self.track_age}"
+
+
+def capped_queue_size(requested: int, dataset_size: int, videos_per_slot: float = 4) -> int:
+    """``requested``, capped at the largest power of two <= ``dataset_size / videos_per_slot`` (at least 16).
+
+    A queue much longer than the data set holds many keys of the same videos (and, for a while,
+    the random initial rows), so small data sets get a shorter one: MoCo and DCLR use
+    ``videos_per_slot = 4`` (UCF101's 9,537 videos give DCLR's 2048), MLFO 2, MSCL 1. At the scale
+    the papers trained on, the requested size is kept.
+    """
+    cap = 2 ** max(4, int(math.floor(math.log2(max(dataset_size / videos_per_slot, 1)))))
+    return min(requested, cap)
 
 
 class MemoryBank(nn.Module):

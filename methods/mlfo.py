@@ -110,7 +110,6 @@ Deviations from the official code, and why:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -119,8 +118,8 @@ import torch.nn.functional as F
 
 from harness.data.transforms import AugmentConfig
 from harness.distributed import all_gather, all_gather_with_grad, convert_sync_batchnorm, rank
-from methods.base import DataSpec, Method, Recipe, StepOutput, TrainState, register_method
-from methods.losses import sinkhorn_knopp
+from methods.base import DataSpec, Method, Recipe, StepOutput, TrainState, decode_size_for_crop, register_method
+from methods.losses import capped_queue_size, sinkhorn_knopp
 
 __all__ = [
     "MLFOConfig",
@@ -137,7 +136,6 @@ __all__ = [
     "swapped_prediction",
     "graph_target",
     "graph_loss",
-    "effective_queue_length",
     "loss_weights",
 ]
 
@@ -157,7 +155,7 @@ class MLFOConfig:
     clusters: int = 200  # --cluster (UCF101; K400: 1000)
     sinkhorn_eps: float = 0.05
     sinkhorn_iterations: int = 3
-    queue_size: int = 1024  # rows of (2, clusters) logits; capped by the data set, see effective_queue_length
+    queue_size: int = 1024  # rows of (2, clusters) logits; capped by the data set, see methods.losses.capped_queue_size
     queue_start: float = 10.0  # epoch (of reference_epochs) from which Sinkhorn runs over the queue
     split: float = 50.0  # --split: epoch (of reference_epochs) from which the graph loss is on
     reference_epochs: int = 300  # the run length split / queue_start refer to; scaled to the run's epochs
@@ -200,12 +198,6 @@ def loss_weights(c: MLFOConfig) -> dict[str, float]:
     wh, wm, wl = c.level_weights
     return {"high": wh, "fine_high": wh, "mid": wm, "fine_mid": wm, "low": wl, "fine_low": wl,
             "proto": c.proto_weight, "graph": 1.0}
-
-
-def effective_queue_length(requested: int, dataset_size: int) -> int:
-    """``requested``, capped at the largest power of two <= dataset_size / 2 (at least 16)."""
-    cap = 2 ** max(4, int(math.floor(math.log2(max(dataset_size / 2, 1)))))
-    return min(requested, cap)
 
 
 # --------------------------------------------------------------------------------------------
@@ -426,11 +418,6 @@ def graph_loss(
 # --------------------------------------------------------------------------------------------
 
 
-def _decode_size(crop: int) -> tuple[int, int]:
-    """The original's 150x200 (H x W) frames, scaled with the crop (112 -> (150, 200))."""
-    return round(150 * crop / 112), round(200 * crop / 112)
-
-
 def mlfo_augment(c: MLFOConfig) -> AugmentConfig:
     """METHODS.md 2.2: crop area (0.5, 1), aspect (3/4, 4/3), flip 0.5, jitter (0.5, 0.5, 0.5,
     0.25) with p 1, channel-split grey p 0.5, both per frame unless ``per_frame_colour=False``;
@@ -463,7 +450,7 @@ class MLFO(Method):
         self.prototypes = nn.Linear(d, config.clusters, bias=False)
         self.normalize_prototypes()
         g = torch.Generator().manual_seed(0)  # the same initial queue on every rank
-        size = effective_queue_length(config.queue_size, dataset_size)
+        size = capped_queue_size(config.queue_size, dataset_size, videos_per_slot=2)
         self.register_buffer("proto_queue", torch.randn(size, 2, config.clusters, generator=g))
 
     # ------------------------------------------------------------------ harness hooks
@@ -471,7 +458,7 @@ class MLFO(Method):
     def data_spec(self) -> DataSpec:
         c = self.config
         return DataSpec(clips=3, frames=c.frames, stride=(1.0, c.rate), sampler="overview", shared_crop=False,
-                        augment=mlfo_augment(c), decode_size=_decode_size(c.crop))
+                        augment=mlfo_augment(c), decode_size=decode_size_for_crop(c.crop, (150, 200)))
 
     def after_optimizer_step(self, state: TrainState) -> None:
         self.normalize_prototypes()

@@ -28,7 +28,6 @@ it with ``@register_method("name")``. Shared pieces come from :mod:`methods.loss
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass
 
 import torch
@@ -36,9 +35,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from harness.data.transforms import AugmentConfig
-from harness.distributed import all_gather, batch_shuffle, batch_unshuffle, world_size
+from harness.distributed import all_gather, has_sync_bn, shuffle_bn_forward
 from methods.base import DataSpec, Method, Recipe, StepOutput, TrainState, register_method
-from methods.losses import MLPHead, MoCoQueue, ema_update, moco_logits
+from methods.losses import MLPHead, MoCoQueue, capped_queue_size, ema_update, moco_logits
 
 
 @dataclass(frozen=True)
@@ -46,19 +45,13 @@ class MoCoConfig:
     """MoCo v2 hyperparameters (paper defaults)."""
 
     embed_dim: int = 128
-    queue_size: int = 65536  # capped by the data set size, see effective_queue_size
+    queue_size: int = 65536  # capped by the data set size, see methods.losses.capped_queue_size
     temperature: float = 0.07
     momentum: float = 0.999
     shuffle_bn: bool = True  # shuffle the key batch across ranks (ignored in one process or with sync_bn)
     frames: int = 16
     stride: int = 2
     crop: int = 112
-
-
-def effective_queue_size(requested: int, dataset_size: int) -> int:
-    """``requested``, capped at the largest power of two <= dataset_size / 4 (at least 16)."""
-    cap = 2 ** max(4, int(math.floor(math.log2(max(dataset_size / 4, 1)))))
-    return min(requested, cap)
 
 
 @register_method("moco")
@@ -75,7 +68,7 @@ class MoCo(Method):
         self.head = MLPHead(dim, dim, config.embed_dim, normalize=True)
         self.key_backbone = copy.deepcopy(backbone).requires_grad_(False)
         self.key_head = copy.deepcopy(self.head).requires_grad_(False)
-        self.queue = MoCoQueue(effective_queue_size(config.queue_size, dataset_size), config.embed_dim)
+        self.queue = MoCoQueue(capped_queue_size(config.queue_size, dataset_size, videos_per_slot=4), config.embed_dim)
 
     def data_spec(self) -> DataSpec:
         c = self.config
@@ -84,14 +77,8 @@ class MoCo(Method):
     @torch.no_grad()
     def keys(self, clips: torch.Tensor) -> torch.Tensor:
         """L2-normalised key embeddings; the batch is shuffled across ranks around the key encoder (shuffle BN)."""
-        shuffle = self.config.shuffle_bn and world_size() > 1 and not self._has_sync_bn()
-        if shuffle:
-            clips, unshuffle = batch_shuffle(clips)
-        k = self.key_head(self.key_backbone(clips))
-        return batch_unshuffle(k, unshuffle) if shuffle else k
-
-    def _has_sync_bn(self) -> bool:
-        return any(isinstance(m, nn.SyncBatchNorm) or type(m).__name__ == "SyncBatchNorm" for m in self.key_backbone.modules())
+        enabled = self.config.shuffle_bn and not has_sync_bn(self.key_backbone)
+        return shuffle_bn_forward(lambda x: self.key_head(self.key_backbone(x)), clips, enabled=enabled)
 
     def training_step(self, batch: dict[str, torch.Tensor], state: TrainState) -> StepOutput:
         clips = batch["rgb"]  # (B, 2, C, T, H, W)

@@ -11,6 +11,7 @@ import torch.multiprocessing as mp
 import torch.nn as nn
 import torch.nn.functional as F
 
+import harness.distributed
 import methods.dclr  # noqa: F401  (registers "dclr")
 from backbones import create_backbone
 from harness.distributed import convert_sync_batchnorm
@@ -18,7 +19,6 @@ from harness.train import build_optimizer
 from methods.base import Recipe, TrainState, create_method, get_method
 from methods.dclr import (
     DCLR,
-    _queue_size,
     activation_map,
     map_regularizer,
     neighbour_mask,
@@ -27,7 +27,7 @@ from methods.dclr import (
     reweighted_pool,
     warmup_active,
 )
-from methods.losses import moco_logits, multi_positive_nce
+from methods.losses import capped_queue_size, moco_logits, multi_positive_nce
 
 WORLD = 2
 ALL_PARTS = {"dclr/vv", "dclr/vs", "dclr/sv", "dclr/vd", "dclr/dv", "dclr/map_reg"}
@@ -63,7 +63,7 @@ def test_builds_through_the_registry_with_the_readme_recipe():
     assert (r.optimizer, r.lr, r.momentum, r.weight_decay, r.batch_size) == ("sgd", 0.01, 0.9, 1e-4, 40)
     assert (r.schedule, r.milestones, r.gamma, r.epochs) == ("multistep", (120, 160), 0.1, 200)
     # queue: 2048 for UCF101-sized data (9,537 videos), 16384 for K400; 40 does not divide it (no assertion)
-    assert m.queue.size == 2048 and _queue_size(16384, 240_000) == 16384 and _queue_size(16384, 64) == 16
+    assert m.queue.size == 2048 and capped_queue_size(16384, 240_000) == 16384 and capped_queue_size(16384, 64) == 16
     assert set(m.queue.names) == {"vv", "vs", "sv", "vd", "dv"} and set(m.heads) == {"vv", "vs", "sv", "vd", "dv"}
     assert not any(p.requires_grad for p in [*m.key_backbone.parameters(), *m.key_heads.parameters()])
     head = m.heads["vv"].net[0]
@@ -306,12 +306,12 @@ def _ddp_step(rank: int, sync_bn: bool) -> dict:
     ddp = nn.parallel.DistributedDataParallel(method, broadcast_buffers=False)
     local = {k: v[rank * 2 : (rank + 1) * 2] for k, v in _batch(b=4).items()}
     shuffles = []
-    real_shuffle = methods.dclr.batch_shuffle
-    methods.dclr.batch_shuffle = lambda x: shuffles.append(x.shape) or real_shuffle(x)
+    real_shuffle = harness.distributed.batch_shuffle  # what shuffle_bn_forward calls
+    harness.distributed.batch_shuffle = lambda x: shuffles.append(x.shape) or real_shuffle(x)
     try:
         out = ddp(local, TrainState(world_size=WORLD, rank=rank))
     finally:
-        methods.dclr.batch_shuffle = real_shuffle
+        harness.distributed.batch_shuffle = real_shuffle
     out.loss.backward()
     loss = out.loss.detach().clone()
     dist.all_reduce(loss)

@@ -452,3 +452,11 @@ def test_mlp_head():
     assert z.shape == (4, 3) and torch.allclose(z.norm(dim=1), torch.ones(4), atol=1e-6)
     assert any(isinstance(m, nn.BatchNorm1d) for m in MLPHead(8, 16, 3, batch_norm=True).modules())
     assert not any(isinstance(m, nn.BatchNorm1d) for m in MLPHead(8, 16, 3).modules())
+
+
+def test_capped_queue_size_keeps_paper_sizes_and_shrinks_for_small_data():
+    from methods.losses import capped_queue_size
+
+    assert capped_queue_size(2048, 9537) == 2048  # DCLR on UCF101 (2048 <= 2^11 <= 9537 / 4)
+    assert capped_queue_size(65536, 9537) == 2048 and capped_queue_size(65536, 9537, videos_per_slot=1) == 8192
+    assert capped_queue_size(1024, 100, videos_per_slot=2) == 32 and capped_queue_size(1024, 10) == 16  # floor 16

@@ -16,11 +16,11 @@ import torch.nn.functional as F
 import methods.mlfo  # noqa: F401  (registers "mlfo")
 from backbones import create_backbone
 from methods.base import TrainState, create_method, get_method
+from methods.losses import capped_queue_size
 from methods.mlfo import (
     MLFO,
     MotionExcitation,
     alignment_logits,
-    effective_queue_length,
     graph_loss,
     graph_target,
     instance_contrast,
@@ -67,7 +67,7 @@ def test_builds_with_the_paper_ucf101_recipe():
         "adam", 1e-3, 1e-5, (0.9, 0.999), 300, (200,), 0.1, 256)
     assert MLFO.find_unused_parameters
     assert m.proto_queue.shape == (1024, 2, 200)  # UCF101 scale keeps the original's 1024 rows
-    assert effective_queue_length(1024, 48) == 16 and effective_queue_length(1024, 300) == 128
+    assert capped_queue_size(1024, 48, 2) == 16 and capped_queue_size(1024, 300, 2) == 128
     torch.testing.assert_close(m.prototypes.weight.norm(dim=1), torch.ones(200))
     # heads follow the backbone's stage widths (r3d_tiny: 32 / 64 / 128)
     assert m.project_low[0].in_channels == 32 and m.project_mid[0].in_channels == 64 and m.project[0].in_channels == 128

@@ -417,3 +417,111 @@ def read_flow(
     if u.shape != v.shape:
         raise CorruptVideo(v_dir, f"flow frames are {v.shape[1:]} but {u_dir} holds {u.shape[1:]}")
     return np.stack([u, v], axis=-1)
+
+
+# --------------------------------------------------------------------------------------------
+# Flow as an image: per-frame normalisation, rotation, Middlebury colour coding (MSCL)
+# --------------------------------------------------------------------------------------------
+#
+# MSCL (Ni et al., ECCV 2022) feeds its flow encoder colour-coded flow and screens clips offline by
+# how much the colour-coded flow changes (harness.data.mds); both use these helpers. They work on
+# torch tensors whose last-but-two axes are anything and whose last two are (H, W): u and v are
+# separate tensors of the same shape, in pixels, +u right and +v down (the cache's convention).
+
+import functools  # noqa: E402  (this section is appended: its own imports)
+import math  # noqa: E402
+
+FLOW_NORM_EPS = 1e-5  # MSCL's ``norm_flow`` epsilon: u / (max radius + eps)
+_WHEEL_SEGMENTS = ((15, (1, 0, 0), (0, 1, 0)),   # red -> yellow: G rises
+                   (6, (1, 1, 0), (0, -1, 0)),   # yellow -> green: R falls
+                   (4, (0, 1, 0), (0, 0, 1)),    # green -> cyan: B rises
+                   (11, (0, 1, 1), (0, -1, 0)),  # cyan -> blue: G falls
+                   (13, (0, 0, 1), (1, 0, 0)),   # blue -> magenta: R rises
+                   (6, (1, 0, 1), (0, 0, -1)))   # magenta -> red: B falls
+
+
+def flow_colorwheel() -> torch.Tensor:
+    """The 55-entry Middlebury colour wheel, (55, 3) float in 0..255 (a fresh copy; see :func:`_colorwheel`)."""
+    return _colorwheel().clone()
+
+
+@functools.lru_cache(maxsize=1)
+def _colorwheel() -> torch.Tensor:
+    """The Middlebury colour wheel (Baker et al., ICCV 2007), built once.
+
+    Six hue segments of 15, 6, 4, 11, 13 and 6 entries (red, yellow, green, cyan, blue, magenta);
+    within a segment of n entries the changing channel at entry i is ``floor(255 * i / n)`` rising,
+    or ``255 - floor(255 * i / n)`` falling: the wheel of the Middlebury C++/Matlab code, which
+    RAFT's ``flow_viz`` and MSCL reuse.
+    """
+    rows = []
+    for n, base, change in _WHEEL_SEGMENTS:
+        ramp = np.floor(255 * np.arange(n) / n)
+        for i in range(n):
+            rows.append([255.0 * b + (ramp[i] if c > 0 else -ramp[i] if c < 0 else 0.0) for b, c in zip(base, change)])
+    return torch.tensor(rows, dtype=torch.float32)
+
+
+def normalize_flow_per_frame(u: torch.Tensor, v: torch.Tensor, eps: float = FLOW_NORM_EPS) -> tuple[torch.Tensor, torch.Tensor]:
+    """Divide each frame's flow by its largest magnitude (+ eps): MSCL's ``norm_flow``.
+
+    The maximum radius is taken over the last two axes (H, W), so every frame's longest vector
+    gets length ~1 whatever the speed; only directions and relative magnitudes remain.
+    """
+    rad_max = torch.sqrt(u.square() + v.square()).amax(dim=(-2, -1), keepdim=True)
+    scale = 1.0 / (rad_max + eps)
+    return u * scale, v * scale
+
+
+def rotate_flow(u: torch.Tensor, v: torch.Tensor, angle: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotate every flow vector by ``angle`` radians: ``(cos a u - sin a v, sin a u + cos a v)``.
+
+    MSCL's Flow Rotation Augmentation formula. In image coordinates (+v down) a positive angle
+    turns vectors clockwise on screen: a rightward flow rotated by pi/2 points down. ``angle`` is
+    a float or a tensor broadcastable against ``u`` (e.g. (B, 1, 1, 1) for one angle per clip).
+    Magnitudes are kept.
+    """
+    angle = torch.as_tensor(angle, dtype=u.dtype, device=u.device)
+    c, s = torch.cos(angle), torch.sin(angle)
+    return c * u - s * v, s * u + c * v
+
+
+def flow_to_color(u: torch.Tensor, v: torch.Tensor, *, quantize: bool = True) -> torch.Tensor:
+    """Middlebury colour coding of flow: hue = direction, saturation = magnitude; (..., 3, H, W).
+
+    Reimplements ``flow_uv_to_colors`` (RAFT's ``flow_viz``, MSCL's ``FlowVisualizer``) for
+    batched tensors: angle ``a = atan2(-v, -u) / pi`` indexes the wheel at ``(a + 1) / 2 * 54``
+    with linear interpolation between neighbouring entries; inside the unit circle the colour is
+    desaturated towards white by the radius (``1 - r (1 - col)``; zero flow is white), outside it
+    is darkened to 75 %. Values are in [0, 1], floored to multiples of 1/255 when ``quantize``
+    (the original builds a uint8 image and divides by 255). Expects flow already normalised
+    (:func:`normalize_flow_per_frame`), as MSCL does; a rightward vector of length 1 is pure red,
+    a downward one orange-yellow (1, 229/255, 0).
+    """
+    wheel = _colorwheel().to(u.device) / 255.0
+    ncols = wheel.shape[0]
+    u, v = u.float(), v.float()
+    rad = torch.sqrt(u.square() + v.square())
+    fk = (torch.atan2(-v, -u) / math.pi + 1) / 2 * (ncols - 1)
+    k0 = fk.floor().long().clamp_(0, ncols - 1)
+    k1 = (k0 + 1) % ncols
+    f = (fk - k0.float()).unsqueeze(-3)
+    col = (1 - f) * wheel[k0].movedim(-1, -3) + f * wheel[k1].movedim(-1, -3)  # (..., 3, H, W)
+    r = rad.unsqueeze(-3)
+    col = torch.where(r <= 1, 1 - r * (1 - col), col * 0.75)
+    return torch.floor(255 * col) / 255 if quantize else col
+
+
+def dequantize_flow01(x: torch.Tensor, bound: float = DEFAULT_BOUND, *, deadzone: bool = True) -> torch.Tensor:
+    """Loader flow values in [0, 1] (``q / 255``, 0.5 = zero motion) -> pixels, ``(x - 0.5) * 2 bound``.
+
+    The cache cannot store zero: 127.5 falls between the codes 127 and 128, i.e. +-bound/255 px
+    (0.08 px at the default bound). With ``deadzone`` every value within that half step of 0.5
+    (and bilinear mixes of the two codes) becomes exactly 0, so a static region stays static; this
+    matters when the flow is then normalised per frame (a fully static frame would otherwise be
+    blown up to a saturated diagonal field).
+    """
+    centred = x.float() - 0.5
+    if deadzone:
+        centred = torch.where(centred.abs() <= 0.5 / 255 + 1e-6, torch.zeros_like(centred), centred)
+    return centred * (2 * bound)

@@ -174,7 +174,7 @@ def _fixed_stride(stride: Stride) -> float:
 ClipSampler = Callable[[int, int, ClipSpec, np.random.Generator], np.ndarray]
 SamplerFactory = Callable[["VideoDataset", "LoadRequest"], ClipSampler]
 _SAMPLERS: dict[str, SamplerFactory] = {}
-_SAMPLER_MODULES = ()  # modules that register further samplers when imported
+_SAMPLER_MODULES = ("harness.data.mds",)  # modules that register further samplers when imported
 
 
 def register_sampler(name: str) -> Callable[[SamplerFactory], SamplerFactory]:
