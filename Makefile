@@ -13,10 +13,13 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 
-## The main job: generate MotionShapes (small preset), check it, and run the smoke suite on the CPU.
+## The main job: generate MotionShapes (small preset), check it, compute its optical flow and MSCL's
+## motion screening, and run the smoke suite on the CPU.
 bench: $(VENV)/.installed
 	$(BIN)/vsbench data synth --preset small --out $(DATA)/motionshapes-small
 	$(BIN)/vsbench data check $(DATA)/motionshapes-small
+	$(BIN)/vsbench data flow $(DATA)/motionshapes-small
+	$(BIN)/vsbench data mds $(DATA)/motionshapes-small --stride 4
 	$(BIN)/vsbench run benchmarks/suites/smoke.toml
 
 ## The test suite (CPU, under 10 minutes on 2 cores).

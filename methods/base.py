@@ -156,6 +156,8 @@ def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
     """Class decorator: make a Method available under ``name``."""
 
     def add(cls: type[Method]) -> type[Method]:
+        if not isinstance(cls.reference, bool):  # e.g. a method named `reference` shadowing the flag
+            raise TypeError(f"{cls.__qualname__}.reference must stay the bool flag of Method, got {cls.reference!r}")
         if name in _METHODS and _METHODS[name] is not cls:
             raise ValueError(f"method name {name!r} is already registered by {_METHODS[name].__module__}")
         cls.name = name

@@ -312,7 +312,7 @@ class DCLR(Method):
         return {n: heads[n](pooled[n]) for n in self.head_names}
 
     @torch.no_grad()
-    def reference(self, views: torch.Tensor) -> dict[str, torch.Tensor]:
+    def query_key_pass(self, views: torch.Tensor) -> dict[str, torch.Tensor]:
         """Key-encoder pass over the query clip's views (no shuffle, no gradient): normalised maps
         ``w_s``/``w_d`` for re-weighting, raw maps ``a_s``/``a_d``, reference embeddings ``r_s``/``r_d``."""
         maps = self._layer4(self.key_backbone, views)
@@ -357,7 +357,7 @@ class DCLR(Method):
         rgb = batch["rgb"]  # (B, 4, 3, T, H, W): [q, k, static q, static k]
         q_views, k_views = self.view_stack(rgb, 0), self.view_stack(rgb, 1)
         needs_ref = len(self.views) > 1 and (c.reweight or c.neighbours or c.map_regularizer)
-        ref = self.reference(q_views) if needs_ref else {}
+        ref = self.query_key_pass(q_views) if needs_ref else {}
         maps = self._layer4(self.backbone, q_views)
         weights = {v: ref.get(f"w_{v}") if c.reweight else None for v in ("s", "d")}
         q = self._embed(self.heads, maps, weights)
