@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -48,3 +49,10 @@ def write_ucf_like(root: Path, classes: dict[str, int], frames: int = 24) -> Pat
         (ann / f"trainlist0{k}.txt").write_text("\r\n".join(train) + "\r\n")
         (ann / f"testlist0{k}.txt").write_text("\r\n".join(test) + "\r\n")
     return root
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now (for a torch.distributed rendezvous or a server)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

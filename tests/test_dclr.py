@@ -2,7 +2,6 @@
 
 import math
 import os
-import socket
 
 import pytest
 import torch
@@ -28,6 +27,7 @@ from methods.dclr import (
     warmup_active,
 )
 from methods.losses import capped_queue_size, moco_logits, multi_positive_nce
+from tests.helpers import free_port
 
 WORLD = 2
 ALL_PARTS = {"dclr/vv", "dclr/vs", "dclr/sv", "dclr/vd", "dclr/dv", "dclr/map_reg"}
@@ -293,12 +293,6 @@ def test_loss_decreases_on_a_fixed_batch():
 # ------------------------------------------------------------------ DDP
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _ddp_step(rank: int, sync_bn: bool) -> dict:
     method = _dclr(queue_size=16)
     if sync_bn:
@@ -337,7 +331,7 @@ def _worker(rank: int, port: int, out: str) -> None:
 @pytest.fixture(scope="module")
 def ddp_results(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("ddp") / "dclr.pt")
-    mp.spawn(_worker, args=(_free_port(), out), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(free_port(), out), nprocs=WORLD, join=True)
     return torch.load(out, weights_only=False)
 
 

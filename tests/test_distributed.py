@@ -1,7 +1,6 @@
 """Real two-process gloo runs: a DDP MoCo step equals the single-process step on the global batch."""
 
 import os
-import socket
 
 import pytest
 import torch
@@ -13,14 +12,9 @@ import torch.nn.functional as F
 from backbones import create_backbone
 from harness.distributed import SyncBatchNorm, all_gather_with_grad, batch_shuffle, batch_unshuffle, convert_sync_batchnorm
 from methods.base import TrainState, create_method
+from tests.helpers import free_port
 
 WORLD = 2
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _global_batch() -> torch.Tensor:
@@ -87,7 +81,7 @@ def _sync_bn_check(rank: int) -> dict:
 @pytest.fixture(scope="module")
 def ddp_results(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("ddp") / "results.pt")
-    mp.spawn(_worker, args=(_free_port(), out), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(free_port(), out), nprocs=WORLD, join=True)
     return torch.load(out, weights_only=False)
 
 

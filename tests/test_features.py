@@ -5,7 +5,6 @@ undecodable videos."""
 import dataclasses
 import os
 import shutil
-import socket
 from pathlib import Path
 
 import pytest
@@ -31,7 +30,7 @@ from harness.data.modalities import compute_flow_cache
 from harness.data.sampling import ClipSpec, uniform_clips
 from harness.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from harness.data.video import CorruptVideo
-from tests.helpers import truncate
+from tests.helpers import free_port, truncate
 
 P = FeatureProtocol(clips=3, frames=4, resize=(32, 43), crop=32)
 WORLD = 2
@@ -247,12 +246,6 @@ def test_a_video_that_breaks_after_indexing_stops_extraction_by_name(encoder, da
 # ---------------------------------------------------------------------------- two-process DDP
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _ddp_worker(rank: int, port: int, root: str, state: dict, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
@@ -286,7 +279,7 @@ def _ddp_worker(rank: int, port: int, root: str, state: dict, out: str) -> None:
 @pytest.fixture(scope="module")
 def ddp(motionshapes_tiny, encoder, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("ddp_features") / "results.pt")
-    mp.spawn(_ddp_worker, args=(_free_port(), str(motionshapes_tiny), encoder.state_dict(), out), nprocs=WORLD, join=True)
+    mp.spawn(_ddp_worker, args=(free_port(), str(motionshapes_tiny), encoder.state_dict(), out), nprocs=WORLD, join=True)
     return [torch.load(f"{out}.{r}", weights_only=False) for r in range(WORLD)]
 
 

@@ -2,7 +2,6 @@
 
 import math
 import os
-import socket
 
 import pytest
 import torch
@@ -24,6 +23,7 @@ from methods.iic import (
     repeat_negative,
     shuffle_negative,
 )
+from tests.helpers import free_port
 
 WORLD = 2
 
@@ -255,12 +255,6 @@ def test_loss_decreases_on_a_fixed_batch(normalize_query):
 # ------------------------------------------------------------------ DDP
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _worker(rank: int, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
@@ -287,7 +281,7 @@ def _worker(rank: int, port: int, out: str) -> None:
 
 def test_ddp_two_process_step_keeps_banks_identical(tmp_path):
     path = str(tmp_path / "ddp.pt")
-    mp.spawn(_worker, args=(_free_port(), path), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(free_port(), path), nprocs=WORLD, join=True)
     r = torch.load(path, weights_only=False)
     assert torch.equal(r["banks"][0], r["banks"][1])
     assert math.isfinite(r["loss"])

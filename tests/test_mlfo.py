@@ -4,7 +4,6 @@ and two real training steps through the harness."""
 
 import math
 import os
-import socket
 
 import pytest
 import torch
@@ -30,6 +29,7 @@ from methods.mlfo import (
     time_reversal_pair,
     timestamp_alignment,
 )
+from tests.helpers import free_port
 
 WORLD = 2
 ALL_PARTS = {"high", "fine_high", "mid", "fine_mid", "low", "fine_low", "proto", "graph"}
@@ -347,12 +347,6 @@ def test_loss_decreases_on_a_fixed_batch():
 # ------------------------------------------------------------------ DDP
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _two_steps(method: MLFO, batch: dict, world: int = 1, rank: int = 0, model: nn.Module | None = None) -> dict:
     """An epoch-0 step (prototypes frozen) and an epoch-60 step (queue and graph on), no optimizer step."""
     model = model or method
@@ -394,7 +388,7 @@ def _worker(rank: int, port: int, out: str) -> None:
 
 def test_ddp_two_process_step_equals_one_process_on_the_global_batch(tmp_path):
     path = str(tmp_path / "ddp.pt")
-    mp.spawn(_worker, args=(_free_port(), path), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(free_port(), path), nprocs=WORLD, join=True)
     ddp = torch.load(path, weights_only=False)
     for gather in ("local", "full"):
         single = _two_steps(_mlfo(gather=gather), _batch(4))

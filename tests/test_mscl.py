@@ -2,7 +2,6 @@
 
 import math
 import os
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ from harness.data.modalities import flow_colorwheel, flow_to_color, rotate_flow
 from methods.base import TrainState, create_method, get_method
 from methods.losses import capped_queue_size
 from methods.mscl import MSCL, fra_angles, flow_images, lmcl_logits, lmcl_loss
+from tests.helpers import free_port
 
 WORLD = 2
 ALL_PARTS = {"mscl/rgb", "mscl/flow", "mscl/flow_aug", "mscl/cross", "mscl/cross_aug", "mscl/lmcl"}
@@ -311,12 +311,6 @@ def test_loss_decreases_on_a_fixed_batch():
 # ------------------------------------------------------------------ DDP
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _worker(rank: int, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
@@ -342,7 +336,7 @@ def _worker(rank: int, port: int, out: str) -> None:
 
 def test_ddp_two_process_step_keeps_queues_and_key_encoders_identical(tmp_path):
     path = str(tmp_path / "ddp.pt")
-    mp.spawn(_worker, args=(_free_port(), path), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(free_port(), path), nprocs=WORLD, join=True)
     r = torch.load(path, weights_only=False)
     assert torch.equal(r["state"][0], r["state"][1])  # queues, key encoders and averaged gradients agree
     assert math.isfinite(r["loss"]) and r["ptr"] == 4  # both ranks enqueued the 4 gathered keys

@@ -20,6 +20,7 @@ from mlflow.tracking import MlflowClient
 import harness
 from harness import tracking
 from harness.tracking import Tracker, find_finished_runs, flatten_config, resolve_tracking_uri, runs_frame
+from tests.helpers import free_port
 
 RUNTIME_TAGS = ("vsbench.version", "git.commit", "torch.version", "cuda.version", "device")
 
@@ -43,12 +44,6 @@ def _only_run(client: MlflowClient, experiment: str):
     runs = client.search_runs([exp.experiment_id])
     assert len(runs) == 1
     return runs[0]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # --------------------------------------------------------------------------------------------
@@ -265,7 +260,7 @@ def mlflow_server(tmp_path_factory):
 
     def start() -> _Server:
         root = tmp_path_factory.mktemp("mlflow-server")
-        port = _free_port()
+        port = free_port()
         uri = f"http://127.0.0.1:{port}"
         log_file = open(root / "server.log", "wb")
         cmd = [
@@ -329,7 +324,7 @@ def test_server_run_is_readable_from_the_server(_isolated, mlflow_server, caplog
 
 def test_unreachable_server_falls_back_to_the_local_store(_isolated, caplog):
     caplog.set_level(logging.WARNING, logger="harness.tracking")
-    uri = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     with Tracker("suite-down", "parent", tracking_uri=uri) as parent:
         with Tracker("suite-down", "moco-s0", tracking_uri=uri, parent_run_id=parent.run_id) as t:
             t.log_params({"method": {"name": "moco"}, "lr": 0.03})
