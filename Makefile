@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DATA ?= data
 
-.PHONY: bench test perf clean
+.PHONY: bench smoke test perf clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,11 +13,21 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 
-## The main job: generate MotionShapes (small preset), check it, compute its optical flow and MSCL's
-## motion screening, and run the smoke suite on the CPU.
+## The main job: generate MotionShapes `bench` (v2), check it (every video, then the shortcut check:
+## one frame must not tell the class, frame differences must), compute its optical flow and MSCL's
+## motion screening, and run the CPU benchmark suite (every method, 3 seeds). The table goes to
+## runs/cpu/report/ (published copy: results/cpu/).
 bench: $(VENV)/.installed
+	$(BIN)/vsbench data synth --preset bench --out $(DATA)/motionshapes-bench
+	$(BIN)/vsbench data check $(DATA)/motionshapes-bench --min-frames 32
+	$(BIN)/vsbench data shortcuts $(DATA)/motionshapes-bench
+	$(BIN)/vsbench data flow $(DATA)/motionshapes-bench
+	$(BIN)/vsbench data mds $(DATA)/motionshapes-bench --stride 4
+	$(BIN)/vsbench run benchmarks/suites/cpu.toml
+
+## The plumbing check: every method for a few steps on MotionShapes `small` (minutes, not a benchmark).
+smoke: $(VENV)/.installed
 	$(BIN)/vsbench data synth --preset small --out $(DATA)/motionshapes-small
-	$(BIN)/vsbench data check $(DATA)/motionshapes-small
 	$(BIN)/vsbench data flow $(DATA)/motionshapes-small
 	$(BIN)/vsbench data mds $(DATA)/motionshapes-small --stride 4
 	$(BIN)/vsbench run benchmarks/suites/smoke.toml

@@ -24,7 +24,7 @@ from evaluation.finetune import run_finetune
 from evaluation.knn import evaluate_knn, knn_classify
 from evaluation.linear import evaluate_linear
 from evaluation.probes import load_bias_alignment, motion_probe, static_bias_gap
-from evaluation.protocols import FeatureProtocol, FinetuneProtocol, KNNProtocol, LinearProtocol, RetrievalProtocol
+from evaluation.protocols import FeatureProtocol, FinetuneProtocol, KNNProtocol, LinearProtocol, RetrievalProtocol, resolve_stride
 from evaluation.retrieval import evaluate_retrieval, topk_neighbours
 from harness.config import DataConfig
 from harness.data.datasets import open_dataset
@@ -85,16 +85,20 @@ def evaluate_encoder(
     output_dir: str | Path = "runs",
     run_name: str = "eval",
     examples_path: str | Path | None = None,
+    train_stride: int = 1,
 ) -> dict[str, float]:
     """All enabled protocols on ``encoder``; fine-tuning needs ``finetune_from`` (an encoder.pt) and ``backbone``.
 
-    With ``examples_path``, retrieval also draws a PNG grid of test queries and their top-5
-    train neighbours (frame strips, framed green when the class matches)."""
+    ``train_stride``: the temporal stride the encoder was trained at; protocols whose stride is
+    None take their clips at it (``eval/stride`` records the value used). With ``examples_path``,
+    retrieval also draws a PNG grid of test queries and their top-5 train neighbours (frame
+    strips, framed green when the class matches)."""
     protocols = config.protocol_objects()
+    config = dataclasses.replace(config, features=resolve_stride(config.features, train_stride))
     split = config.features.split
     train = open_dataset(data.path, format=data.format, split=split, subset="train", progress=False)
     test = open_dataset(data.path, format=data.format, split=split, subset="test", progress=False)
-    metrics: dict[str, float] = {}
+    metrics: dict[str, float] = {"eval/stride": float(config.features.stride)}
     encoder = encoder.to(device).eval()
     if {"retrieval", "linear", "knn"} & protocols.keys():
         metrics |= _feature_protocols(encoder, train, test, protocols, config, device, cache_dir, data, examples_path)
@@ -104,7 +108,8 @@ def evaluate_encoder(
         metrics |= _prefixed("probe", probe)
     if "finetune" in protocols and finetune_from is not None:
         ft, _ = run_finetune(config.finetune, backbone=backbone, data=data, init_encoder=finetune_from, seed=seed,
-                             device=str(device), output_dir=output_dir, run_name=f"{run_name}-finetune", workers=config.workers)
+                             device=str(device), output_dir=output_dir, run_name=f"{run_name}-finetune", workers=config.workers,
+                             train_stride=train_stride)
         metrics |= _prefixed("finetune", ft)
     return metrics
 

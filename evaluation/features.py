@@ -466,6 +466,9 @@ def extract_features(
     """
     device = torch.device(device)
     mods = _modalities(protocol)
+    if protocol.stride is None:
+        raise ValueError("the feature protocol's stride is None (the encoder's training stride): "
+                         "resolve it first with evaluation.protocols.resolve_stride")
     if len(videos) == 0:
         raise ValueError(f"{videos.name}/{videos.subset}: no videos to extract features from")
     if videos.split is not None and videos.split != protocol.split:

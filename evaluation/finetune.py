@@ -22,7 +22,8 @@ import torch
 from tqdm.auto import tqdm
 
 from evaluation.features import crop_clips, encoder_input
-from evaluation.protocols import FinetuneProtocol
+from evaluation.protocols import FinetuneProtocol, resolve_stride
+from evaluation.uncertainty import with_interval
 from harness.config import DataConfig, PretrainConfig
 from harness.data.datasets import VideoDataset, open_dataset
 from harness.data.loader import LoadRequest, make_loader
@@ -31,11 +32,13 @@ from harness.data.sampling import ClipSpec
 
 def finetune_config(protocol: FinetuneProtocol, *, backbone: str, data: DataConfig, num_classes: int, init_encoder: str | None,
                     seed: int, device: str, output_dir: str, run_name: str) -> PretrainConfig:
-    """The training config of the fine-tune protocol (the ``supervised`` method on the train split)."""
+    """The training config of the fine-tune protocol (the ``supervised`` method on the train split);
+    ``protocol.stride`` must be resolved (:func:`evaluation.protocols.resolve_stride`)."""
     return PretrainConfig(
         method="supervised", backbone=backbone, data=dataclasses.replace(data, split=protocol.split, subset="train"),
-        method_args={"num_classes": num_classes, "frames": protocol.frames, "crop": protocol.crop},
-        epochs=protocol.epochs, batch_size=protocol.batch_size, lr=protocol.lr, milestones=protocol.milestones,
+        method_args={"num_classes": num_classes, "frames": protocol.frames, "crop": protocol.crop, "stride": protocol.stride,
+                     "flip": protocol.flip, "crop_scale": protocol.crop_scale},
+        optimizer=protocol.optimizer, epochs=protocol.epochs, batch_size=protocol.batch_size, lr=protocol.lr, milestones=protocol.milestones,
         weight_decay=protocol.weight_decay, decode_size=protocol.resize, steps_per_epoch=protocol.steps_per_epoch,
         init_encoder=init_encoder, seed=seed, device=device, output_dir=output_dir, run_name=run_name, progress=False,
     )
@@ -44,32 +47,38 @@ def finetune_config(protocol: FinetuneProtocol, *, backbone: str, data: DataConf
 @torch.no_grad()
 def test_classifier(model, videos: VideoDataset, protocol: FinetuneProtocol, *, device: torch.device, batch_size: int = 8,
                     workers: int = 2, progress: bool = True) -> dict[str, float]:
-    """Video- and clip-level top-1 of ``model.logits`` on every video of ``videos``."""
-    request = LoadRequest(ClipSpec(protocol.frames, 1, protocol.test_clips), mode="uniform", size=protocol.resize)
+    """Video- and clip-level top-1 of ``model.logits`` on every video of ``videos``, with the
+    bootstrap interval of the video-level top-1 (``video_top1_ci_low/high``)."""
+    request = LoadRequest(ClipSpec(protocol.frames, protocol.stride, protocol.test_clips), mode="uniform", size=protocol.resize)
     loader = make_loader(videos, request, batch_size, train=False, workers=workers)
     model.eval()
-    video_hits = clip_hits = videos_seen = 0
+    video_hits: list[torch.Tensor] = []
+    clip_hits = videos_seen = 0
     for batch in tqdm(loader, desc="fine-tune test", unit="batch", disable=not progress):
         x = encoder_input(crop_clips(batch["rgb"].to(device), protocol.crop), "rgb", normalize_input=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             logits = model.logits(x)
         probs = logits.float().softmax(dim=1).reshape(len(batch["index"]), protocol.test_clips, -1)
         labels = batch["label"].to(device)
-        video_hits += int((probs.mean(dim=1).argmax(dim=1) == labels).sum())
+        video_hits.append((probs.mean(dim=1).argmax(dim=1) == labels).cpu())
         clip_hits += int((probs.argmax(dim=2) == labels[:, None]).sum())
         videos_seen += len(labels)
     if videos_seen != len(videos):
         raise RuntimeError(f"fine-tune test saw {videos_seen} of {len(videos)} videos")
-    return {"video_top1": video_hits / videos_seen, "clip_top1": clip_hits / (videos_seen * protocol.test_clips)}
+    return {**with_interval("video_top1", torch.cat(video_hits).float()), "clip_top1": clip_hits / (videos_seen * protocol.test_clips)}
 
 
 def run_finetune(protocol: FinetuneProtocol, *, backbone: str, data: DataConfig, init_encoder: str | None, seed: int,
-                 device: str, output_dir: str | Path, run_name: str, workers: int = 2) -> tuple[dict[str, float], torch.nn.Module]:
+                 device: str, output_dir: str | Path, run_name: str, workers: int = 2,
+                 train_stride: int = 1) -> tuple[dict[str, float], torch.nn.Module]:
     """Train the classifier (from ``init_encoder``, or from scratch when None) and test it.
 
+    ``train_stride``: the encoder's pretraining stride, used when the protocol's stride is None.
     Returns the test metrics and the trained backbone (the "supervised" reference row evaluates
     it with the other protocols)."""
     from harness.train import Pretraining
+
+    protocol = resolve_stride(protocol, train_stride)
 
     test = open_dataset(data.path, format=data.format, split=protocol.split, subset="test", progress=False)
     config = finetune_config(protocol, backbone=backbone, data=data, num_classes=len(test.classes), init_encoder=init_encoder,

@@ -13,15 +13,19 @@ Determinism: neighbours come from :func:`evaluation.retrieval.topk_neighbours` (
 train index first), votes are accumulated one neighbour rank at a time (no two additions ever
 race for the same score, so CUDA atomics cannot reorder a floating-point sum), and class ranking
 breaks ties by class index (:func:`evaluation.metrics.classification_metrics`).
+
+Top-1 comes with its 95% bootstrap interval over test videos (``top1_ci_low``, ``top1_ci_high``,
+:mod:`evaluation.uncertainty`), resampled from the per-video hits (prediction == label).
 """
 
 from __future__ import annotations
 
 import torch
 
-from evaluation.metrics import classification_metrics
+from evaluation.metrics import classification_metrics, top1_hits
 from evaluation.protocols import KNNProtocol
 from evaluation.retrieval import Array, topk_neighbours
+from evaluation.uncertainty import with_interval
 
 
 def knn_classify(
@@ -65,13 +69,15 @@ def evaluate_knn(
     *,
     device: str | torch.device | None = None,
 ) -> dict[str, float]:
-    """{"top1", "top5", "mean_class_acc"} of the weighted kNN classifier of ``protocol`` on the test split."""
+    """{"top1", "top5", "mean_class_acc"} of the weighted kNN classifier of ``protocol`` on the test split,
+    plus ``top1_ci_low``/``top1_ci_high``: the 95% bootstrap interval of top-1 over test videos."""
     train_labels, test_labels = torch.as_tensor(train_labels).long(), torch.as_tensor(test_labels).long()
     num_classes = int(max(train_labels.max(), test_labels.max())) + 1
     scores = knn_classify(
         train_feats, train_labels, test_feats, protocol.k, protocol.temperature, num_classes=num_classes, device=device
     )
-    return classification_metrics(scores, test_labels)
+    # the interval comes from the per-video hits; the point values stay classification_metrics' own
+    return {**with_interval("top1", top1_hits(scores, test_labels)), **classification_metrics(scores, test_labels)}
 
 
 class OnlineKNN:
@@ -86,5 +92,5 @@ class OnlineKNN:
         self.device = device
 
     def evaluate(self, train_feats: Array, train_labels: Array, test_feats: Array, test_labels: Array) -> dict[str, float]:
-        """{"top1", "top5", "mean_class_acc"} of the current features (gradients are not tracked)."""
+        """:func:`evaluate_knn`'s metrics of the current features (gradients are not tracked)."""
         return evaluate_knn(self.protocol, train_feats, train_labels, test_feats, test_labels, device=self.device)

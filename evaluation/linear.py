@@ -13,6 +13,8 @@ test numbers — an optimistic bias a fair comparison of methods must not have.
 
 Deterministic: the split depends only on the train labels and the seed, lbfgs has no randomness,
 and class ranking breaks ties by class index (:func:`evaluation.metrics.classification_metrics`).
+Test top-1 comes with its 95% bootstrap interval over test videos (``top1_ci_low``,
+``top1_ci_high``, :mod:`evaluation.uncertainty`), resampled from the per-video hits.
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from evaluation.metrics import classification_metrics
+from evaluation.metrics import classification_metrics, top1_hits
 from evaluation.protocols import LinearProtocol
+from evaluation.uncertainty import with_interval
 
 Array = torch.Tensor | np.ndarray
 
@@ -36,15 +39,18 @@ __all__ = ["classification_metrics", "evaluate_linear", "stratified_split"]
 def evaluate_linear(
     protocol: LinearProtocol, train_feats: Array, train_labels: Array, test_feats: Array, test_labels: Array
 ) -> dict[str, float]:
-    """Test ``top1``/``top5``/``mean_class_acc`` of the probe, plus ``chosen_C`` and its ``val_top1``."""
+    """Test ``top1``/``top5``/``mean_class_acc`` of the probe, plus ``chosen_C`` and its ``val_top1``.
+
+    ``top1_ci_low``/``top1_ci_high``: the 95% bootstrap interval of test top-1 over test videos."""
     x_train, y_train = _numpy(train_feats, train_labels, "train")
     x_test, y_test = _numpy(test_feats, test_labels, "test")
     fit, val = stratified_split(y_train, protocol.val_fraction, protocol.seed)
     chosen_c, val_top1 = _select_c(protocol, x_train[fit], y_train[fit], x_train[val], y_train[val])
     model = _fit(protocol, x_train, y_train, chosen_c)
     num_classes = int(max(y_train.max(), y_test.max())) + 1
-    metrics = classification_metrics(_scores(model, x_test, num_classes), y_test)  # the one use of the test split
-    return {**metrics, "chosen_C": float(chosen_c), "val_top1": val_top1}
+    scores = _scores(model, x_test, num_classes)  # the one use of the test split
+    interval = with_interval("top1", top1_hits(scores, y_test))  # its top1 equals classification_metrics'
+    return {**interval, **classification_metrics(scores, y_test), "chosen_C": float(chosen_c), "val_top1": val_top1}
 
 
 def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -47,6 +47,17 @@ def classification_metrics(scores: torch.Tensor | np.ndarray, labels: torch.Tens
     }
 
 
+def top1_hits(scores: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """Per-sample top-1 outcome, float64 (N,): 1.0 where the best-ranked class is the label, else 0.0.
+
+    Ranked as :func:`classification_metrics` ranks (ties: smaller class index), so its mean is that
+    function's ``top1``; it is the vector the bootstrap interval of ``top1`` resamples."""
+    scores = torch.as_tensor(scores).detach().cpu()
+    labels = torch.as_tensor(labels).detach().cpu().long()
+    _check(scores, labels)
+    return (rank_classes(scores, 1)[:, 0] == labels).double()
+
+
 def _check(scores: torch.Tensor, labels: torch.Tensor) -> None:
     if scores.ndim != 2 or labels.ndim != 1 or len(scores) != len(labels):
         raise ValueError(f"expected scores (N, C) and labels (N,), got {tuple(scores.shape)} and {tuple(labels.shape)}")

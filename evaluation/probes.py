@@ -10,7 +10,7 @@ motion:
 - ``sim_shuffled``: frames permuted in time (a seeded random permutation per clip, never the
   identity): the frames are all there, the temporal order is gone;
 - ``sim_reversed``: frames in reverse order: the order is kept but the arrow of time flips
-  (MoveLeft becomes MoveRight, Grow becomes Shrink, RotateClockwise becomes counter-clockwise);
+  (on MotionShapes MoveUp becomes MoveDown and Grow becomes Shrink: its time-reversal pairs);
 - ``sim_static``: every frame replaced by the middle frame (frame ``T // 2``): appearance
   without any motion.
 
@@ -211,6 +211,9 @@ def probe_clips(
     :func:`motion_probe`, which does both. ``protocol.merge`` is ignored: the probes measure the
     protocol's main modality.
     """
+    if protocol.stride is None:
+        raise ValueError("the feature protocol's stride is None (the encoder's training stride): "
+                         "resolve it first with evaluation.protocols.resolve_stride")
     modality = protocol.modality
     stream = STREAM[modality]
     request = LoadRequest(

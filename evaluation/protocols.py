@@ -44,7 +44,7 @@ class FeatureProtocol(Protocol):
     split: int = 1
     clips: int = 10  # uniformly spaced clips per video (VCOP/IIC centres)
     frames: int = 16
-    stride: int = 1
+    stride: int | None = None  # None: the encoder's training stride (1 for reference rows); see resolve_stride
     resize: tuple[int, int] = (128, 171)  # (H, W) frames are decoded at
     crop: int = 112  # deterministic centre crop
     layer: str = "pooled"
@@ -53,6 +53,7 @@ class FeatureProtocol(Protocol):
     normalize_input: bool = True  # ImageNet mean/std after the crop (IIC-style methods train without it)
 
     def __post_init__(self) -> None:
+        _check_stride(self.stride)
         if self.layer not in LAYERS:
             raise ValueError(f"layer must be one of {LAYERS}, got {self.layer!r}")
         for m in (self.modality, self.merge):
@@ -112,3 +113,32 @@ class FinetuneProtocol(Protocol):
     resize: tuple[int, int] = (128, 171)
     test_clips: int = 10
     steps_per_epoch: int | None = None  # cap per epoch for small budgets
+    optimizer: str = "sgd"  # sgd | adam | adamw
+    flip: bool = True  # random horizontal flip in training (refused on data whose labels a flip changes)
+    crop_scale: tuple[float, float] = (0.5, 1.0)  # area fraction of the random crop in training (IIC/VCOP)
+    stride: int | None = None  # None: the encoder's training stride (1 for the supervised row)
+
+    def __post_init__(self) -> None:
+        _check_stride(self.stride)
+
+
+def _check_stride(stride: int | None) -> None:
+    if stride is not None and (isinstance(stride, bool) or not isinstance(stride, int) or stride < 1):
+        raise ValueError(f"stride must be a positive integer or None (the encoder's training stride), got {stride!r}")
+
+
+def resolve_stride(protocol, train_stride: int):
+    """``protocol`` with ``stride = None`` replaced by the encoder's training stride.
+
+    The hash of the unresolved protocol is what tables compare ("each encoder at its own training
+    stride" is one protocol); the resolved copy is what extracts the clips."""
+    if protocol.stride is not None:
+        return protocol
+    return dataclasses.replace(protocol, stride=int(train_stride))
+
+
+def training_stride(stride: float | tuple[float, float]) -> int:
+    """A method's DataSpec stride as one evaluation stride: the value itself, or the lower end of
+    a multi-rate range (MLFO draws its rate from [1, rate]: 1 is its base rate)."""
+    low = min(stride) if isinstance(stride, (tuple, list)) else stride
+    return max(1, int(round(low)))

@@ -6,7 +6,9 @@ cosine of the per-video features, and a query scores at k when ANY of its k near
 videos has the query's class. This is *class-level* recall: a query has many relevant gallery
 videos (its whole class), unlike *instance-level* recall, where exactly one gallery item (the
 same video, another view) is relevant. Class-level recall is what the UCF101/HMDB51 retrieval
-tables of VCOP, IIC, CoCLR and MSCL report, so those numbers are comparable with ours.
+tables of VCOP, IIC, CoCLR and MSCL report, so those numbers are comparable with ours. Every
+R@k comes with its 95% bootstrap interval over test videos (``R<k>_ci_low``, ``R<k>_ci_high``,
+:mod:`evaluation.uncertainty`), which resamples the per-query hit/miss outcomes at that k.
 
 ``center=True`` is the CoCLR/MSCL variant: before normalising, each set (gallery, queries) has its
 OWN mean feature subtracted, which removes an offset shared by a whole split; results under the
@@ -35,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from evaluation.protocols import RetrievalProtocol
+from evaluation.uncertainty import with_interval
 
 Array = torch.Tensor | np.ndarray
 
@@ -69,10 +72,10 @@ def topk_neighbours(
     return torch.cat(sims), torch.cat(idxs)
 
 
-def recall_at_k(
+def recall_hits(
     query_labels: Array, gallery_labels: Array, neighbour_indices: torch.Tensor, ks: Sequence[int]
-) -> dict[str, float]:
-    """Class-level recall: {"R<k>": fraction of queries with a same-class video among their k nearest}.
+) -> dict[int, torch.Tensor]:
+    """Per-query outcomes {k: bool (Nq,)}: True where a same-class video is among the query's k nearest.
 
     ``neighbour_indices`` (Nq, >= max(ks)) index ``gallery_labels``, best first, as returned by
     :func:`topk_neighbours`. A k larger than the gallery is an error, not a silently capped k.
@@ -82,7 +85,18 @@ def recall_at_k(
     query_labels = torch.as_tensor(query_labels, device=neighbour_indices.device).long()
     _check_recall(query_labels, gallery_labels, neighbour_indices, ks)
     same = gallery_labels.to(neighbour_indices.device)[neighbour_indices] == query_labels[:, None]
-    return {f"R{k}": same[:, :k].any(dim=1).double().mean().item() for k in ks}
+    return {k: same[:, :k].any(dim=1) for k in ks}
+
+
+def recall_at_k(
+    query_labels: Array, gallery_labels: Array, neighbour_indices: torch.Tensor, ks: Sequence[int]
+) -> dict[str, float]:
+    """Class-level recall: {"R<k>": fraction of queries with a same-class video among their k nearest}.
+
+    The mean of :func:`recall_hits` (same arguments, same errors).
+    """
+    hits = recall_hits(query_labels, gallery_labels, neighbour_indices, ks)
+    return {f"R{k}": hit.double().mean().item() for k, hit in hits.items()}
 
 
 def evaluate_retrieval(
@@ -94,12 +108,17 @@ def evaluate_retrieval(
     *,
     device: str | torch.device | None = None,
 ) -> dict[str, float]:
-    """Recall@k for ``protocol.ks``: test videos query the train gallery (optionally mean-centred)."""
+    """Recall@k for ``protocol.ks``: test videos query the train gallery (optionally mean-centred).
+
+    Returns ``R<k>`` and its 95% bootstrap interval over test videos, ``R<k>_ci_low`` and
+    ``R<k>_ci_high`` (:func:`evaluation.uncertainty.with_interval` of the per-query hits).
+    """
     gallery, queries = _features(train_feats, "train_feats"), _features(test_feats, "test_feats")
     if protocol.center:
         gallery, queries = _center(gallery), _center(queries)
     _, neighbours = topk_neighbours(queries, gallery, max(protocol.ks), device=device)
-    return recall_at_k(test_labels, train_labels, neighbours, protocol.ks)
+    hits = recall_hits(test_labels, train_labels, neighbours, protocol.ks)
+    return {key: value for k, hit in hits.items() for key, value in with_interval(f"R{k}", hit.double()).items()}
 
 
 def _block_topk(sim: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:

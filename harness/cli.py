@@ -8,6 +8,7 @@
     vsbench backbones     list the backbones with parameters and GMACs at 16x112x112
     vsbench data synth    generate the MotionShapes data set (UCF101 layout)
     vsbench data check    scan a data set: counts per class and split, corrupt and short videos
+    vsbench data shortcuts  can one frame tell the class (an appearance shortcut), or only motion?
     vsbench data flow     compute the optical-flow cache of a data set once
     vsbench data mds      screen clip starts by motion change (MSCL), from the flow cache
 
@@ -93,6 +94,38 @@ def _cmd_check(args) -> int:
     report = check_dataset(args.data, format=args.format, splits=splits, min_frames=args.min_frames)
     print(report.render())
     return 1 if report.problems else 0
+
+
+def _add_data_shortcuts(sub) -> None:
+    p = sub.add_parser(
+        "shortcuts",
+        help="check that one frame cannot tell the class and frame differences can (a motion benchmark's premise)",
+        description="Train two small 2D classifiers on the train split and test them on the test split: one sees a single "
+        "frame per clip (appearance), the other the clip's frame differences (motion). A data set without an appearance "
+        "shortcut leaves the first at chance (its 95%% bootstrap interval reaches chance) and the second far above it. "
+        "Exit status 1 when a shortcut is found or motion is not learnable.",
+    )
+    _add_dataset_args(p)
+    p.add_argument("--split", type=int, default=1, help="official split (default 1)")
+    p.add_argument("--frames", type=int, default=8, help="frames per clip (default 8)")
+    p.add_argument("--stride", type=int, default=2, help="temporal stride of the clips (default 2)")
+    p.add_argument("--size", type=int, nargs=2, default=(32, 32), metavar=("H", "W"),
+                   help="frame size to decode at; decord needs W to be a multiple of 32 (default 32 32)")
+    p.add_argument("--epochs", type=int, default=20, help="training epochs of each classifier (default 20)")
+    p.add_argument("--workers", type=int, default=2, help="data loader processes (default 2)")
+    p.set_defaults(func=_cmd_shortcuts)
+
+
+def _cmd_shortcuts(args) -> int:
+    from harness.data.shortcuts import ShortcutConfig, shortcut_check
+
+    try:
+        config = ShortcutConfig(split=args.split, frames=args.frames, stride=args.stride, size=tuple(args.size), epochs=args.epochs)
+    except ValueError as err:
+        raise UserError(str(err)) from err
+    report = shortcut_check(args.data, format=args.format, config=config, workers=args.workers)
+    print(report.render())
+    return 0 if report.passed else 1
 
 
 def _add_data_flow(sub) -> None:
@@ -396,6 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
     data_sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
     _add_data_synth(data_sub)
     _add_data_check(data_sub)
+    _add_data_shortcuts(data_sub)
     _add_data_flow(data_sub)
     _add_data_mds(data_sub)
     data.set_defaults(func=lambda args: _usage(data))
@@ -412,19 +446,21 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``vsbench`` console script."""
     from harness.config import ConfigError
     from harness.data.datasets import DatasetError
-    from harness.train import NonFiniteLoss
+    from harness.data.symmetry import SymmetryError
+    from harness.data.video import CorruptVideo
+    from harness.train import NonFiniteLoss, NothingTrained
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (UserError, ConfigError, DatasetError) as err:
+    except (UserError, ConfigError, DatasetError, SymmetryError, CorruptVideo) as err:
         print(f"vsbench: error: {err}", file=sys.stderr)
         return 2
     except KeyError as err:  # unknown method or backbone: the message lists the valid names
         print(f"vsbench: error: {err.args[0] if err.args else err}", file=sys.stderr)
         return 2
-    except NonFiniteLoss as err:
+    except (NonFiniteLoss, NothingTrained) as err:
         print(f"vsbench: training stopped: {err}", file=sys.stderr)
         return 1
 

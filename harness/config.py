@@ -4,6 +4,8 @@ Every config the harness reads is a dataclass; :func:`from_dict` fills one from 
 (a TOML table, CLI overrides), rejecting unknown keys (listing the allowed ones) and values of
 the wrong type (naming the expected type). ``where`` threads the dotted path of the key through
 nested tables, so an error reads ``suite.toml: methods.moco.lr: expected float, got 'fast'``.
+Numeric fields are checked against their valid range (:class:`Bound`) when a config is built,
+from TOML, ``--set`` or Python alike: ``lr: expected a finite float > 0, got nan``.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import sys
 import types
 import typing
@@ -95,8 +98,49 @@ def from_dict(cls: type, data: dict, *, where: str = "") -> Any:
         values[key] = _coerce(value, hints[key], path)
     try:
         return cls(**values)
+    except ConfigError as err:  # a field's own range check: the message starts with the key
+        raise ConfigError(f"{where}.{err}" if where else str(err)) from err
     except (TypeError, ValueError) as err:
         raise ConfigError(f"{where or cls.__name__}: {err}") from err
+
+
+@dataclass(frozen=True)
+class Bound:
+    """The valid range of a numeric config field: ``low`` to ``high``, ends included unless
+    open; floats must also be finite (a NaN or Inf learning rate trains nothing)."""
+
+    low: float
+    high: float = math.inf
+    integer: bool = False
+    open_low: bool = False
+    open_high: bool = False
+
+    def describe(self) -> str:
+        """The range as an error message states it, e.g. ``int >= 1`` or ``a finite float in [0, 1)``."""
+        kind = "int" if self.integer else "a finite float"
+        if self.high == math.inf:
+            return f"{kind} {'>' if self.open_low else '>='} {self.low:g}"
+        return f"{kind} in {'(' if self.open_low else '['}{self.low:g}, {self.high:g}{')' if self.open_high else ']'}"
+
+    def admits(self, value: Any) -> bool:
+        """Whether ``value`` is a number of the right kind (no bool), finite and inside the range."""
+        if isinstance(value, bool) or not isinstance(value, int if self.integer else (int, float)) or not math.isfinite(value):
+            return False
+        above = value > self.low if self.open_low else value >= self.low
+        below = value < self.high if self.open_high else value <= self.high
+        return above and below
+
+
+def check_bounds(config: Any, bounds: dict[str, Bound]) -> None:
+    """Raise :class:`ConfigError` naming the first field of ``config`` (or item of a tuple field)
+    outside its :class:`Bound`; None means "not set" and is always valid."""
+    for name, bound in bounds.items():
+        value = getattr(config, name)
+        items = enumerate(value) if isinstance(value, (tuple, list)) else [(None, value)]
+        for i, item in items:
+            if item is not None and not bound.admits(item):
+                key = name if i is None else f"{name}[{i}]"
+                raise ConfigError(f"{key}: expected {bound.describe()}, got {item!r}")
 
 
 def to_dict(config: Any) -> dict:
@@ -138,6 +182,9 @@ class DataConfig:
     workers: int = 4  # DataLoader worker processes
     backend: str = "decord"  # decord | pyav
     flow_root: str | None = None  # flow cache for methods that use flow (default <path>/flow)
+
+    def __post_init__(self) -> None:
+        check_bounds(self, {"split": Bound(1, integer=True), "workers": Bound(0, integer=True)})
 
 
 @dataclass
@@ -184,10 +231,18 @@ class PretrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        if self.accumulate < 1:
-            raise ValueError(f"accumulate must be >= 1, got {self.accumulate}")
+        check_bounds(self, PRETRAIN_BOUNDS)
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
-            raise ValueError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
+            raise ConfigError(f"device: expected auto, cpu or cuda[:N], got {self.device!r}")
+
+
+_COUNT, _POSITIVE, _NON_NEGATIVE = Bound(1, integer=True), Bound(0, open_low=True), Bound(0)
+PRETRAIN_BOUNDS: dict[str, Bound] = {  # PretrainConfig field -> valid range, checked when a config is built
+    "epochs": _COUNT, "batch_size": _COUNT, "steps_per_epoch": _COUNT, "accumulate": _COUNT, "decode_size": _COUNT,
+    "checkpoint_every": _COUNT, "log_every": _COUNT, "knn_every": Bound(0, integer=True), "seed": Bound(0, integer=True),
+    "lr": _POSITIVE, "gamma": _POSITIVE, "weight_decay": _NON_NEGATIVE, "warmup_epochs": _NON_NEGATIVE,
+    "milestones": _NON_NEGATIVE, "clip_grad": _NON_NEGATIVE, "momentum": Bound(0, 1, open_high=True),
+}
 
 
 def resolve_recipe(recipe, config: PretrainConfig):

@@ -15,10 +15,27 @@ What the table shows
       ``pretrain/*`` costs of the run;
     - ``seeds``: how many distinct seeds the row has.
 
-Mean ± std over seeds
+Mean ± std over seeds, or one seed's bootstrap interval
     A cell is the mean over the row's seeds, followed by ``± std`` (sample std, ddof=1) when
-    two or more seeds contributed; with one seed it is the value alone. ``params (M)`` is a
-    property of the architecture: it is shown without ``± 0.00`` when every seed agrees.
+    two or more seeds contributed. With one seed it is the value followed by its 95% bootstrap
+    interval over test videos, ``value [low, high]`` (same unit and decimals as the value), when
+    the run logged ``<metric>_ci_low`` and ``<metric>_ci_high`` (:mod:`evaluation.uncertainty`:
+    retrieval R@k, linear, kNN and fine-tune top-1); otherwise the value alone. A run that logged
+    only one of the two bounds is an error. ``params (M)`` is a property of the architecture: it
+    is shown without ``± 0.00`` when every seed agrees.
+
+Which rows the table tells apart (marks)
+    A retrieval, linear, fine-tune or kNN cell (not the probes, not the costs) gets the suffix
+    ``≈R`` when it is NOT distinguishable from the ``random init`` row's cell of the same
+    backbone and column, and ``≈M`` when it is not distinguishable from the ``moco`` row's (the
+    RGB MoCo baseline): ``45.0 ± 7.1 ≈M``. Two cells differ when
+    ``|mean_a - mean_b| > 1.96 * sqrt(se_a^2 + se_b^2)``, where ``se = std / sqrt(n)`` for a cell
+    of n >= 2 seeds and ``se = (high - low) / (2 * 1.96)`` for a single-seed cell with an
+    interval (:func:`standard_error`, :func:`distinguishable`). A cell without uncertainty (one
+    seed, no interval) is not compared, nor is any cell with such a reference cell: it gets no
+    mark. A row is never compared with itself, so a reference row carries no mark of its own.
+    The caption states the rule whenever a reference row is in the table
+    (:func:`comparison_marks`).
 
 Comparability rule (protocol hashes)
     Every evaluation protocol has a short hash (:mod:`evaluation.protocols`), stored on each run
@@ -42,8 +59,9 @@ Missing numbers stay empty
 
 Outputs
     :func:`results_table` (formatted strings; the numbers ride along in ``table.attrs``),
-    :func:`results_numbers` (long-form numbers), :func:`write_table` (markdown + CSV, written
-    atomically), :func:`plot_recall_curves`, :func:`plot_retrieval_examples`,
+    :func:`results_numbers` (long-form numbers, with ``std`` and the single seed's ``ci_low``,
+    ``ci_high``), :func:`write_table` (markdown + CSV, written atomically),
+    :func:`plot_recall_curves` (bands: ± std, or one seed's interval), :func:`plot_retrieval_examples`,
     :func:`format_table_text` and :func:`report_experiment`, which does all of it for one
     experiment.
 """
@@ -68,7 +86,10 @@ __all__ = [
     "NUMBER_COLUMNS",
     "RECALL_KS",
     "REFERENCE_ROWS",
+    "MARKS",
     "Column",
+    "comparison_marks",
+    "distinguishable",
     "format_table_text",
     "numbers_of",
     "plot_recall_curves",
@@ -76,6 +97,7 @@ __all__ = [
     "report_experiment",
     "results_numbers",
     "results_table",
+    "standard_error",
     "table_markdown",
     "write_table",
 ]
@@ -93,16 +115,17 @@ class Column:
     unit: str
     optional: bool = False  # left out when no run logged the metric
     constant: bool = False  # the same for every seed: no "± 0" when all seeds agree
+    compared: bool = False  # a test-set score: marked when not distinguishable from a reference row
 
 
 RECALL_KS = (1, 5, 10, 20, 50)
 RECALL_PREFIX = "eval/retrieval/R"
 
 COLUMNS: tuple[Column, ...] = (
-    *(Column(f"R@{k}", f"{RECALL_PREFIX}{k}", "retrieval", 100.0, 1, "%") for k in RECALL_KS),
-    Column("linear top-1", "eval/linear/top1", "linear", 100.0, 1, "%"),
-    Column("fine-tune top-1", "eval/finetune/video_top1", "finetune", 100.0, 1, "%"),
-    Column("kNN top-1", "eval/knn/top1", "knn", 100.0, 1, "%"),
+    *(Column(f"R@{k}", f"{RECALL_PREFIX}{k}", "retrieval", 100.0, 1, "%", compared=True) for k in RECALL_KS),
+    Column("linear top-1", "eval/linear/top1", "linear", 100.0, 1, "%", compared=True),
+    Column("fine-tune top-1", "eval/finetune/video_top1", "finetune", 100.0, 1, "%", compared=True),
+    Column("kNN top-1", "eval/knn/top1", "knn", 100.0, 1, "%", compared=True),
     Column("motion: shuffled", "eval/probe/sim_shuffled", "probe", 1.0, 3, "cos"),
     Column("motion: reversed", "eval/probe/sim_reversed", "probe", 1.0, 3, "cos"),
     Column("motion: static", "eval/probe/sim_static", "probe", 1.0, 3, "cos"),
@@ -118,7 +141,13 @@ SEEDS_COLUMN = "seeds"
 #: Reference rows, shown after every other row, in this order.
 REFERENCE_ROWS = ("random init", "supervised")
 #: Columns of :func:`results_numbers` (and of the CSV :func:`write_table` writes).
-NUMBER_COLUMNS = ["row", "backbone", "column", "metric", "protocol", "protocol_hash", "unit", "mean", "std", "n"]
+NUMBER_COLUMNS = ["row", "backbone", "column", "metric", "protocol", "protocol_hash", "unit", "mean", "std",
+                  "ci_low", "ci_high", "n"]
+#: Suffixes of the logged bootstrap interval of a metric (:mod:`evaluation.uncertainty`).
+CI_SUFFIXES = ("_ci_low", "_ci_high")
+#: The rows every compared cell is tested against, with the mark of "not distinguishable from it".
+MARKS = {"random init": "≈R", "moco": "≈M"}
+Z95 = 1.96  # the standard normal's 97.5% quantile: two-sided 95%
 
 NO_HASH = "no hash"  # the suffix of a split column whose runs carry no protocol tag
 _SHORT_HASH = 6
@@ -167,8 +196,25 @@ def _usable(value: Any) -> float | None:
     return x if math.isfinite(x) and abs(x) < _MLFLOW_INF else None
 
 
+def _interval(run: pd.Series, col: Column) -> tuple[float, float]:
+    """The run's logged bootstrap interval of ``col`` in the displayed unit; (NaN, NaN) when not logged.
+
+    Half an interval (one bound logged, the other missing or not finite) is an error: it would
+    silently turn a measured uncertainty into none."""
+    bounds = [_usable(run.get(f"metrics.{col.metric}{suffix}")) for suffix in CI_SUFFIXES]
+    if bounds[0] is None and bounds[1] is None:
+        return math.nan, math.nan
+    if bounds[0] is None or bounds[1] is None:
+        missing = col.metric + CI_SUFFIXES[bounds[1] is None]
+        raise ValueError(f"run {run.get('run_id', '?')} (row {run['row']!r}, seed {run['seed']}) logged half an "
+                         f"interval of {col.metric}: {missing} is missing or not finite; log both "
+                         f"{col.metric}_ci_low and {col.metric}_ci_high, or neither")
+    return bounds[0] * col.scale, bounds[1] * col.scale
+
+
 def _long_values(runs: pd.DataFrame) -> pd.DataFrame:
-    """One record per (run, column) with a usable value: order, row, backbone, seed, column, hash, value."""
+    """One record per (run, column) with a usable value: order, row, backbone, seed, column, hash,
+    value and the run's interval of it (ci_low, ci_high; NaN when the run logged none)."""
     records = []
     hash_tags = {p: _tag(runs, f"protocol.{p}") for p in {c.protocol for c in COLUMNS if c.protocol}}
     for order, index in enumerate(runs.index):
@@ -177,12 +223,13 @@ def _long_values(runs: pd.DataFrame) -> pd.DataFrame:
             value = _usable(run.get(f"metrics.{col.metric}"))
             if value is None:
                 continue
+            ci_low, ci_high = _interval(run, col)
             records.append({
                 "order": order, "row": run["row"], "backbone": run["backbone"], "seed": run["seed"],
                 "column": col.name, "hash": hash_tags[col.protocol][index] if col.protocol else "",
-                "value": value * col.scale,
+                "value": value * col.scale, "ci_low": ci_low, "ci_high": ci_high,
             })
-    long = pd.DataFrame(records, columns=["order", "row", "backbone", "seed", "column", "hash", "value"])
+    long = pd.DataFrame(records, columns=["order", "row", "backbone", "seed", "column", "hash", "value", "ci_low", "ci_high"])
     # a (row, backbone, seed) run twice under one protocol: the latest run's value counts
     return long.drop_duplicates(["row", "backbone", "seed", "column", "hash"], keep="last")
 
@@ -254,17 +301,19 @@ def _compute(frame: pd.DataFrame, parent_run_id: str | None) -> _Results:
     labels = {p: _short_labels(h) for p, h in protocol_hashes.items()}
     columns = _display_columns(long, labels)
     keys = _row_order(runs) if len(runs) else []
-    groups = {k: g["value"].to_numpy() for k, g in long.groupby(["row", "backbone", "column", "hash"], sort=False)}
+    groups = {k: g for k, g in long.groupby(["row", "backbone", "column", "hash"], sort=False)}
     records = []
     for row, backbone in keys:
         for col, h, name in columns:
-            values = groups.get((row, backbone, col.name, h))
-            if values is None:
+            group = groups.get((row, backbone, col.name, h))
+            if group is None:
                 continue
-            mean, std = _stats(values)
+            mean, std = _stats(group["value"].to_numpy())
+            # one seed: its bootstrap interval; several: the spread over seeds says it (std)
+            ci_low, ci_high = (group["ci_low"].iloc[0], group["ci_high"].iloc[0]) if len(group) == 1 else (math.nan, math.nan)
             records.append({"row": row, "backbone": backbone, "column": name, "metric": col.metric,
                             "protocol": col.protocol or "", "protocol_hash": h, "unit": col.unit,
-                            "mean": mean, "std": std, "n": len(values)})
+                            "mean": mean, "std": std, "ci_low": ci_low, "ci_high": ci_high, "n": len(group)})
     seeds = {k: g["seed"].nunique() for k, g in runs.groupby(["row", "backbone"], sort=False)} if len(runs) else {}
     return _Results(
         numbers=pd.DataFrame(records, columns=NUMBER_COLUMNS),
@@ -278,9 +327,11 @@ def results_numbers(frame: pd.DataFrame, *, parent_run_id: str | None = None) ->
     """The table's numbers in long form, in table order.
 
     Columns :data:`NUMBER_COLUMNS`: ``row, backbone, column`` (the display name, with the hash
-    suffix when the column is split), ``metric, protocol, protocol_hash, unit``, then ``mean``
-    and ``std`` (in the displayed unit: percent, minutes, ...; std is NaN for one seed) and
-    ``n`` (seeds). Cells without a value have no record. ``frame`` is :func:`runs_frame`'s.
+    suffix when the column is split), ``metric, protocol, protocol_hash, unit``, then ``mean``,
+    ``std``, ``ci_low`` and ``ci_high`` (in the displayed unit: percent, minutes, ...; std is NaN
+    for one seed; the interval is the single seed's logged 95% bootstrap interval, NaN when it
+    logged none or when the cell has several seeds) and ``n`` (seeds). Cells without a value have
+    no record. ``frame`` is :func:`runs_frame`'s.
     """
     return _compute(frame, parent_run_id).numbers
 
@@ -293,20 +344,82 @@ def _fmt(x: float, decimals: int) -> str:
     return f"{round(x, decimals) + 0.0:.{decimals}f}"  # + 0.0 turns -0.0 into 0.0
 
 
-def _cell(mean: float, std: float, n: int, col: Column) -> str:
-    """``mean ± std`` with the column's decimals; the mean alone for one seed (or a constant)."""
+def _cell(mean: float, std: float, n: int, ci_low: float, ci_high: float, col: Column) -> str:
+    """``mean ± std`` for several seeds, ``value [low, high]`` for one seed with an interval, else
+    the value alone (and a constant column's mean alone when every seed agrees); column's decimals."""
     text = _fmt(mean, col.decimals)
+    if n == 1 and math.isfinite(ci_low) and math.isfinite(ci_high):
+        return f"{text} [{_fmt(ci_low, col.decimals)}, {_fmt(ci_high, col.decimals)}]"
     if n < 2 or (col.constant and std == 0):
         return text
     return f"{text} ± {_fmt(std, col.decimals)}"
 
 
+# --------------------------------------------------------------------------------------------
+# Which rows the table tells apart
+
+
+def standard_error(std: float, n: int, ci_low: float, ci_high: float) -> float | None:
+    """The standard error of a cell's mean: ``std / sqrt(n)`` over 2+ seeds; for one seed with a
+    95% interval, its half-width / 1.96 (the normal approximation); None without uncertainty."""
+    if n >= 2:
+        return std / math.sqrt(n)
+    if math.isfinite(ci_low) and math.isfinite(ci_high):
+        return (ci_high - ci_low) / (2 * Z95)
+    return None
+
+
+def distinguishable(mean_a: float, se_a: float, mean_b: float, se_b: float) -> bool:
+    """Whether two cells differ: ``|mean_a - mean_b| > 1.96 * sqrt(se_a^2 + se_b^2)`` (a two-sided
+    95% test of a zero difference, treating the two estimates as independent and normal)."""
+    return abs(mean_a - mean_b) > Z95 * math.sqrt(se_a**2 + se_b**2)
+
+
+def comparison_marks(numbers: pd.DataFrame) -> dict[tuple[str, str, str], str]:
+    """``{(row, backbone, column): "≈R ≈M"}``: the marks of the compared cells that are NOT
+    distinguishable from the :data:`MARKS` reference rows.
+
+    ``numbers`` is :func:`results_numbers`'s frame. A cell is compared with the reference row's
+    cell of the same backbone and column (so the same protocol hash), only in ``compared``
+    columns, never with itself, and only when both cells have a :func:`standard_error`. A cell
+    that differs from every reference row, or is not compared, is absent."""
+    cells = {(r.row, r.backbone, r.column): (r.mean, standard_error(r.std, r.n, r.ci_low, r.ci_high))
+             for r in numbers.itertuples() if _BY_METRIC[r.metric].compared}
+    marks: dict[tuple[str, str, str], str] = {}
+    for (row, backbone, column), (mean, se) in cells.items():
+        found = []
+        for reference, mark in MARKS.items():
+            ref_mean, ref_se = cells.get((reference, backbone, column), (None, None))
+            if row != reference and se is not None and ref_se is not None and not distinguishable(mean, se, ref_mean, ref_se):
+                found.append(mark)
+        if found:
+            marks[row, backbone, column] = " ".join(found)
+    return marks
+
+
+def _marks_note(res: _Results) -> list[str]:
+    """The caption line that states the marks and their rule, when a reference row is present."""
+    present = [(row, mark) for row, mark in MARKS.items() if any(r == row for r, _ in res.keys)]
+    if not present:
+        return []
+    legend = "; ".join(f"{mark} = not distinguishable from the {row!r} row" for row, mark in present)
+    return [
+        f"Marks: {legend} (R@k, linear, fine-tune and kNN cells, each against the reference row's cell of "
+        f"the same backbone and column). Two cells differ when |mean_a - mean_b| > 1.96 * sqrt(se_a^2 + se_b^2), "
+        f"with se = std / sqrt(n) over n >= 2 seeds and se = (high - low) / (2 * 1.96) for one seed with an "
+        f"interval. A cell without uncertainty (one seed, no interval), or whose reference cell has none, is "
+        f"not compared and carries no mark; a reference row is not compared with itself."
+    ]
+
+
 def _notes(res: _Results) -> list[str]:
-    """Caption lines that describe the table itself: cells, units, protocol hashes, splits."""
+    """Caption lines that describe the table itself: cells, marks, units, protocol hashes, splits."""
     names = {name for _, _, name in res.columns}
     notes = [
-        "Cells: mean ± std over seeds (sample std, ddof=1) when a row has 2 or more seeds, else the "
-        "single value; an empty cell was not measured. Only FINISHED runs count.",
+        "Cells: mean ± std over seeds (sample std, ddof=1) when a row has 2 or more seeds; with one seed, "
+        "the value and its 95% bootstrap interval over test videos, value [low, high], when the run logged "
+        "one, else the value alone; an empty cell was not measured. Only FINISHED runs count.",
+        *_marks_note(res),
         "Units: R@k and top-1 in percent; motion: mean cosine similarity between a clip's feature and "
         "that of its shuffled / reversed / static version (lower = more motion-sensitive)"
         + ("; static-bias gap: accuracy on bias-aligned minus bias-conflicting videos, percentage points"
@@ -336,13 +449,15 @@ def results_table(frame: pd.DataFrame, *, parent_run_id: str | None = None) -> p
     differ, then ``seeds``. Empty strings mark missing numbers.
 
     ``table.attrs`` carries ``numbers`` (the :func:`results_numbers` records, for the CSV),
-    ``notes`` (caption lines about units, protocol hashes and split columns),
+    ``notes`` (caption lines about cells, marks, units, protocol hashes and split columns),
     ``protocol_hashes`` ({protocol: [hash, ...]}) and ``runs`` (how many runs counted).
     """
     res = _compute(frame, parent_run_id)
     names = [name for _, _, name in res.columns]
-    cells = {(r.row, r.backbone, r.column): _cell(r.mean, r.std, r.n, _BY_METRIC[r.metric])
+    marks = comparison_marks(res.numbers)
+    cells = {(r.row, r.backbone, r.column): _cell(r.mean, r.std, r.n, r.ci_low, r.ci_high, _BY_METRIC[r.metric])
              for r in res.numbers.itertuples()}
+    cells = {key: f"{text} {marks[key]}" if key in marks else text for key, text in cells.items()}
     data = [[cells.get((row, bb, name), "") for name in names] + [str(res.seeds.get((row, bb), 0))]
             for row, bb in res.keys]
     if res.multi_backbone:
@@ -421,8 +536,8 @@ def write_table(
     The markdown has ``# title``, the pipe table, then the caption: the table's own notes
     (units, protocol hashes, split columns; ``table.attrs["notes"]``) followed by
     ``caption_lines`` (the command, commit, device, ...), one bullet each. The CSV holds the
-    long-form numbers (:data:`NUMBER_COLUMNS`, mean and std as separate columns, full
-    precision) so that no number has to be parsed out of a ``mean ± std`` string; a table
+    long-form numbers (:data:`NUMBER_COLUMNS`: mean, std, ci_low and ci_high as separate
+    columns, full precision) so that no number has to be parsed out of a cell; a table
     without ``attrs["numbers"]`` is written as its formatted cells instead.
     """
     out = Path(out_dir)
@@ -462,8 +577,19 @@ def _save_png(fig, path: str | os.PathLike, dpi: int) -> Path:
     return path
 
 
+def _band(curve: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Lower and upper edges of the uncertainty band of :func:`results_numbers` records: mean ± std
+    over 2+ seeds, the bootstrap interval of one seed, the mean itself (no band) without either."""
+    mean, std = curve["mean"].to_numpy(float), curve["std"].to_numpy(float)
+    single = curve["n"].to_numpy() == 1
+    low = np.where(single, curve["ci_low"].to_numpy(float), mean - std)
+    high = np.where(single, curve["ci_high"].to_numpy(float), mean + std)
+    return np.where(np.isnan(low), mean, low), np.where(np.isnan(high), mean, high)
+
+
 def plot_recall_curves(numbers: pd.DataFrame, path: str | os.PathLike, *, title: str | None = None) -> Path:
-    """Plot recall@k against k (log axis), one line per row (mean, with a ± std band); PNG.
+    """Plot recall@k against k (log axis), one line per row: the mean with a shaded band (± std over
+    2+ seeds, the 95% bootstrap interval for a single seed that logged one); PNG.
 
     ``numbers``: :func:`results_numbers`'s frame (or a :func:`results_table`, whose numbers
     are used). Runs under different retrieval hashes get separate lines, labelled with the
@@ -483,10 +609,10 @@ def plot_recall_curves(numbers: pd.DataFrame, path: str | os.PathLike, *, title:
     ax = fig.add_subplot()
     for (row, backbone, h), curve in recall.groupby(["row", "backbone", "protocol_hash"], sort=False):
         curve = curve.sort_values("k")
-        ks, mean, std = curve["k"].to_numpy(), curve["mean"].to_numpy(), curve["std"].fillna(0.0).to_numpy()
+        ks, (low, high) = curve["k"].to_numpy(), _band(curve)
         label = row + (f" ({backbone})" if several_backbones else "") + (f" [{labels[h]}]" if len(hashes) > 1 else "")
-        (line,) = ax.plot(ks, mean, marker="o", markersize=3.5, label=label)
-        ax.fill_between(ks, np.clip(mean - std, 0, 100), np.clip(mean + std, 0, 100), color=line.get_color(), alpha=0.18, linewidth=0)
+        (line,) = ax.plot(ks, curve["mean"].to_numpy(), marker="o", markersize=3.5, label=label)
+        ax.fill_between(ks, np.clip(low, 0, 100), np.clip(high, 0, 100), color=line.get_color(), alpha=0.18, linewidth=0)
     ticks = sorted(recall["k"].unique())
     ax.set_xscale("log")
     ax.set_xticks(ticks, [str(k) for k in ticks])
@@ -494,7 +620,7 @@ def plot_recall_curves(numbers: pd.DataFrame, path: str | os.PathLike, *, title:
     ax.set_ylim(0, 100)
     ax.set_xlabel("k")
     ax.set_ylabel("recall@k (%)")
-    ax.set_title(title or "Video retrieval: recall@k (mean ± std over seeds)")
+    ax.set_title(title or "Video retrieval: recall@k\n(band: ± std over seeds; one seed: 95% bootstrap interval)")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small", loc="lower right")
     return _save_png(fig, path, dpi=150)

@@ -202,6 +202,7 @@ def _finished(experiment: str, key: str, tracking_uri: str | None) -> str | None
 
 def _pretrain_and_evaluate(item: SuiteRun, suite: Suite, evaluation, parent_id: str, force: bool, tracking_uri) -> dict:
     from evaluation.evaluate import evaluate_encoder, protocol_tags
+    from evaluation.protocols import training_stride
     from harness.train import Pretraining, run_tracked
 
     config = dataclasses.replace(item.config, tracking_uri=tracking_uri)
@@ -219,7 +220,8 @@ def _pretrain_and_evaluate(item: SuiteRun, suite: Suite, evaluation, parent_id: 
         metrics = evaluate_encoder(run.method.encoder, data=config.data, config=evaluation, device=run.dist.device,
                                    cache_dir=Path(config.output_dir) / "features", finetune_from=str(result.encoder_path),
                                    backbone=config.backbone, seed=config.seed, output_dir=config.output_dir, run_name=config.run_name,
-                                   examples_path=examples if run.dist.is_main else None)
+                                   examples_path=examples if run.dist.is_main else None,
+                                   train_stride=training_stride(run.spec.stride))
         tracker.log_metrics(metrics, step=result.steps)
         if examples.exists():
             tracker.log_artifact(examples)
@@ -244,6 +246,8 @@ def _reference_row(row: str, backbone: str, seed: int, suite: Suite, evaluation,
     experiment = suite.experiment or suite.name
     pretrain = from_dict(PretrainConfig, {k: v for k, v in suite.pretrain.items() if k != "method_args"})
     tags = protocol_tags(evaluation)
+    if row == "supervised":  # trained by the fine-tune protocol, whether or not the suite fine-tunes its encoders
+        tags["protocol.finetune"] = evaluation.finetune.hash()
     key = _skip_key(row, backbone, seed, suite.data, sorted(tags.items()), suite.pretrain.get("backbone_args", {}))
     done = _finished(experiment, key, tracking_uri)
     if done and not force:
@@ -262,8 +266,10 @@ def _reference_row(row: str, backbone: str, seed: int, suite: Suite, evaluation,
         else:
             torch.manual_seed(seed)
             encoder = create_backbone(backbone, **pretrain.backbone_args)
+        stride = (evaluation.finetune.stride or 1) if row == "supervised" else 1  # the stride the encoder was trained at
         metrics |= evaluate_encoder(encoder, data=suite.data, config=no_finetune, device=device, seed=seed,
-                                    cache_dir=None, backbone=backbone, output_dir=pretrain.output_dir, run_name=name)
+                                    cache_dir=None, backbone=backbone, output_dir=pretrain.output_dir, run_name=name,
+                                    train_stride=stride)
         tracker.log_metrics({**metrics, "pretrain/params": sum(p.numel() for p in encoder.parameters())}, step=0)
         return {"row": row, "run_id": tracker.run_id, "skipped": False}
 

@@ -11,7 +11,15 @@ optimizer, scheduler, RNG states and position, are written atomically (temp file
 loaded with ``weights_only=True``. A resumed run reaches the same parameters as an uninterrupted
 one (same seed, CPU), because every random draw is a function of saved state or of
 (seed, epoch, index). A NaN/Inf loss stops the run, names the step and the last good
-checkpoint, and marks the tracked run FAILED.
+checkpoint, and marks the tracked run FAILED. No checkpoint is ever written (or resumed) with a
+NaN/Inf weight, buffer or optimizer state: the parameters can diverge after the loss was checked
+(an Inf gradient, a huge learning rate), so they are checked again before every save.
+
+A run never reports a number it did not earn: an epoch in which every micro-batch was
+undecodable, or a run whose every step skipped the optimizer, raises :class:`NothingTrained`.
+Its cost (training time, clips, peak memory) and last loss are totals over all its segments
+(a killed and resumed run has several), stored in every checkpoint; re-running a finished run
+reports those stored totals, and a total that is unknown is reported as NaN and never logged.
 
 Batch size means the *global* batch of one optimizer step: each rank loads
 ``batch_size / (world_size * accumulate)`` videos per micro-batch.
@@ -41,9 +49,10 @@ from harness.config import PretrainConfig, config_hash, resolve_recipe, to_dict
 from harness.data.datasets import VideoDataset, open_dataset
 from harness.data.loader import LoadRequest, VideoLoader, make_loader
 from harness.data.sampling import ClipSpec
+from harness.data.symmetry import check_flip
 from harness.data.transforms import VideoAugment
 from harness.distributed import DistInfo, convert_sync_batchnorm, init_distributed
-from harness.io import atomic_write
+from harness.io import atomic_write, remove_stale_temp_files
 from methods.base import DataSpec, Method, Recipe, StepOutput, TrainState, config_dict, create_method
 
 log = logging.getLogger(__name__)
@@ -57,9 +66,19 @@ class NonFiniteLoss(RuntimeError):
     """The loss became NaN or Inf; the message names the step and the last good checkpoint."""
 
 
+class NonFiniteWeights(NonFiniteLoss):
+    """Weights, buffers or optimizer state hold NaN or Inf; the message names the step, the
+    tensors and the last good checkpoint, which is left as it was."""
+
+
+class NothingTrained(RuntimeError):
+    """A run made no optimizer step (every video skipped, or every step skipped the optimizer);
+    the message names the run folder and the skipped videos."""
+
+
 @dataclass
 class PretrainResult:
-    """What a finished pretraining run produced."""
+    """What a finished pretraining run produced, over all its segments; NaN = unknown."""
 
     run_dir: Path
     encoder_path: Path
@@ -70,6 +89,31 @@ class PretrainResult:
     final_loss: float
     run_id: str | None = None
     skipped_videos: int = 0
+
+
+@dataclass(frozen=True)
+class RunTotals:
+    """A run's cost and last loss summed over its segments, stored in every checkpoint.
+
+    ``wall_time_s`` runs from the start of each segment's epoch loop to its last checkpoint;
+    ``step_time_s`` is the time inside steps (data wait included), the denominator of clips/s;
+    ``updates`` counts optimizer steps that changed the parameters. NaN (None for ``updates``)
+    means unknown: a checkpoint written before vsbench stored these.
+    """
+
+    wall_time_s: float = 0.0
+    step_time_s: float = 0.0
+    clips: float = 0.0
+    peak_memory_mb: float = 0.0
+    final_loss: float = math.nan
+    updates: int | None = 0
+
+    @property
+    def clips_per_s(self) -> float:
+        return self.clips / self.step_time_s if self.step_time_s > 0 else math.nan
+
+
+UNKNOWN_TOTALS = RunTotals(math.nan, math.nan, math.nan, math.nan, math.nan, None)
 
 
 # ----------------------------------------------------------------------------- building blocks
@@ -194,6 +238,29 @@ def peak_memory_mb(device: torch.device) -> float:
 # ----------------------------------------------------------------------------- checkpoints
 
 
+def non_finite_tensors(tensors: dict) -> list[str]:
+    """Names of the floating-point tensors in ``tensors`` (nested dicts allowed, names joined
+    with dots) that hold a NaN or Inf."""
+    bad = []
+    for name, value in tensors.items():
+        if isinstance(value, dict):
+            bad += [f"{name}.{inner}" for inner in non_finite_tensors(value)]
+        elif isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            bad.append(str(name))
+    return bad
+
+
+def _checkpoint_tensors(ckpt: dict) -> dict:
+    """The tensors of a ``last.pt`` a resumed run would continue from: model and optimizer state."""
+    return {"model": ckpt["model"], "optimizer": ckpt["optimizer"]["state"]}
+
+
+def _name_some(names: list[str], limit: int = 5) -> str:
+    """The first ``limit`` names, and how many more there are, for an error message."""
+    more = f", ... ({len(names) - limit} more)" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
 def save_checkpoint(path: Path, state: dict) -> None:
     """``torch.save`` through :func:`harness.io.atomic_write`: a crash never leaves half a checkpoint."""
     with atomic_write(path) as f:
@@ -233,6 +300,7 @@ class Pretraining:
         self.spec = self.method.data_spec()
         if config.decode_size is not None:
             self.spec = dataclasses.replace(self.spec, decode_size=tuple(config.decode_size))
+        check_flip(config.data.path, self.spec.augment.flip_p, uses_labels=type(self.method).reference, what=f"method {config.method!r}")
         self.hash = config_hash({"config": training_identity(config), "recipe": dataclasses.asdict(self.recipe),
                                  "method": config_dict(self.method.config), "data": self.videos.fingerprint()})
         self.run_dir = Path(config.output_dir) / (config.run_name or f"{config.method}-{config.backbone}-s{config.seed}-{self.hash}")
@@ -242,6 +310,11 @@ class Pretraining:
         self.state = TrainState(epoch=0, epochs=self.recipe.epochs, steps_per_epoch=self.steps_per_epoch,
                                 world_size=self.dist.world_size, rank=self.dist.rank)
         self.skipped_total = 0
+        self.prior = self.saved_totals = RunTotals()
+        self._start_segment()
+        if self.dist.is_main:
+            for path in remove_stale_temp_files(self.run_dir):
+                log.warning("removed %s, left by an interrupted write whose process is gone", path)
         if resume and (self.run_dir / CHECKPOINT).exists():
             self._restore(load_checkpoint(self.run_dir / CHECKPOINT))
 
@@ -301,14 +374,20 @@ class Pretraining:
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
             "step": self.state.step,
             "epoch": self.state.epoch,
-            "skipped_total": self.skipped_total,
+            "skipped": dict(self.loader.skipped),
+            "totals": dataclasses.asdict(self.saved_totals),
             "config_hash": self.hash,
             "finished": finished,
         }
 
     def _restore(self, ckpt: dict) -> None:
+        path = self.run_dir / CHECKPOINT
         if ckpt["config_hash"] != self.hash:
-            raise ValueError(f"{self.run_dir / CHECKPOINT} was written by a different configuration ({ckpt['config_hash']} != {self.hash})")
+            raise ValueError(f"{path} was written by a different configuration ({ckpt['config_hash']} != {self.hash})")
+        bad = non_finite_tensors(_checkpoint_tensors(ckpt))
+        if bad:
+            raise NonFiniteWeights(f"{path} holds NaN/Inf in {len(bad)} tensors ({_name_some(bad)}): resuming it would train on "
+                                   "poisoned weights; delete it to start the run over")
         self.method.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
@@ -317,13 +396,66 @@ class Pretraining:
         if ckpt["rng"]["cuda"]:
             torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
         self.state.step, self.state.epoch = ckpt["step"], ckpt["epoch"]
-        self.skipped_total = ckpt["skipped_total"]
+        self.loader.skipped.update(ckpt.get("skipped", {}))
+        self.skipped_total = len(self.loader.skipped)
+        if "totals" in ckpt:
+            self.prior = self.saved_totals = RunTotals(**ckpt["totals"])
+        else:
+            self.prior = self.saved_totals = UNKNOWN_TOTALS
+            log.warning("%s was written by an older vsbench: the cost, loss and skipped videos of the earlier segments are unknown "
+                        "and not reported", path)
         log.info("resumed %s at epoch %d, step %d", self.run_dir, self.state.epoch, self.state.step)
 
     def save(self, finished: bool = False) -> None:
+        """Write ``last.pt`` (rank 0), after checking that every weight, buffer and optimizer
+        state is finite: a diverged step never replaces the previous good checkpoint."""
+        self._check_weights(_checkpoint_tensors({"model": self.method.state_dict(), "optimizer": self.optimizer.state_dict()}),
+                            CHECKPOINT)
+        self.saved_totals = self.totals()
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_checkpoint(self.run_dir / CHECKPOINT, self._checkpoint_state(finished))
+
+    def _check_weights(self, tensors: dict, file: str) -> None:
+        """Raise :class:`NonFiniteWeights` before ``file`` is written if a tensor holds NaN or Inf."""
+        bad = non_finite_tensors(tensors)
+        if bad:
+            raise NonFiniteWeights(f"non-finite weights after step {self.state.step}: {len(bad)} tensors hold NaN or Inf "
+                                   f"({_name_some(bad)}); {self.run_dir / file} was not written; {self._last_checkpoint_note()}")
+
+    def _last_checkpoint_note(self) -> str:
+        """How an error names the run's ``last.pt``: "good" only when it belongs to this
+        configuration and every tensor in it is finite."""
+        path = self.run_dir / CHECKPOINT
+        if not path.exists():
+            return "no checkpoint was written yet"
+        try:
+            ckpt = load_checkpoint(path)
+        except Exception as err:  # an error message must not hide the error it reports
+            return f"{path} could not be read ({err})"
+        if ckpt.get("config_hash") != self.hash:
+            return f"{path} belongs to another configuration ({ckpt.get('config_hash')}), not to this run"
+        bad = non_finite_tensors(_checkpoint_tensors(ckpt))
+        if bad:
+            return f"{path} is not a good checkpoint either: NaN/Inf in {len(bad)} tensors ({_name_some(bad)})"
+        return f"last good checkpoint: {path} (epoch {ckpt['epoch']}, step {ckpt['step']})"
+
+    def totals(self) -> RunTotals:
+        """The run's totals now: the stored ones of earlier segments plus this segment's steps
+        (the stored ones alone when this segment made no step)."""
+        if not self.step_times:
+            return self.prior
+        prior = self.prior
+        return RunTotals(wall_time_s=prior.wall_time_s + time.perf_counter() - self.segment_start,
+                         step_time_s=prior.step_time_s + sum(self.step_times), clips=prior.clips + self.clips_done,
+                         peak_memory_mb=max(prior.peak_memory_mb, peak_memory_mb(self.dist.device)) if math.isfinite(prior.peak_memory_mb)
+                         else math.nan, final_loss=self.last_loss,
+                         updates=None if prior.updates is None else prior.updates + self.updates_done)
+
+    def _start_segment(self) -> None:
+        self.segment_start = time.perf_counter()
+        self.clips_done, self.updates_done, self.last_loss = 0, 0, math.nan
+        self.step_times, self.data_times = [], []
 
     # --------------------------------------------------------------------- training
 
@@ -356,6 +488,7 @@ class Pretraining:
             parts_sum["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.method.parameters(), self.recipe.clip_grad))
         if not skip:  # a method may ask to skip the update (DCLR's queue warm-up)
             self.optimizer.step()
+            self.updates_done += 1
         self.optimizer.zero_grad(set_to_none=True)
         self.state.step += 1
         self.scheduler.step_update(self.state.step)
@@ -365,10 +498,9 @@ class Pretraining:
     def _check_finite(self, values: dict[str, float]) -> None:
         if math.isfinite(values["loss"]):
             return
-        last = self.run_dir / CHECKPOINT
-        where = f"last good checkpoint: {last}" if last.exists() else "no checkpoint was written yet"
         parts = ", ".join(f"{k}={v:.4g}" for k, v in values.items() if k != "loss")
-        raise NonFiniteLoss(f"non-finite loss {values['loss']} at step {self.state.step} (epoch {self.state.epoch}) [{parts}]; {where}")
+        raise NonFiniteLoss(f"non-finite loss {values['loss']} at step {self.state.step} (epoch {self.state.epoch}) [{parts}]; "
+                            f"{self._last_checkpoint_note()}")
 
     def _next_micro_batches(self, batches) -> list[dict] | None:
         group = []
@@ -380,9 +512,11 @@ class Pretraining:
         return group
 
     def run_epoch(self, bar) -> float:
+        """Train one epoch; returns the loss of its last step. An epoch in which every
+        micro-batch was undecodable raises :class:`NothingTrained`."""
         self.loader.set_epoch(self.state.epoch)
         batches = iter(self.loader)
-        last_loss = float("nan")
+        steps = 0
         t_prev = time.perf_counter()
         for _ in range(self.steps_per_epoch):
             group = self._next_micro_batches(batches)
@@ -390,13 +524,22 @@ class Pretraining:
                 break
             t_data = time.perf_counter()
             out = self.train_step(group)
-            last_loss = float(out.loss)
+            self.last_loss = float(out.loss)
+            steps += 1
             t_end = time.perf_counter()
             clips = sum(len(b["index"]) for b in group) * self.spec.clips * self.dist.world_size
             self._record(out, clips, t_end - t_prev, t_data - t_prev, bar)
             t_prev = time.perf_counter()
         self._account_skipped()
-        return last_loss
+        if steps == 0:
+            raise self._nothing_trained(f"epoch {self.state.epoch} made no step: every one of its micro-batches was undecodable")
+        return self.last_loss
+
+    def _nothing_trained(self, what: str) -> NothingTrained:
+        skipped = self.loader.skipped
+        first = "; ".join(f"{path}: {reason}" for path, reason in list(skipped.items())[:3])
+        return NothingTrained(f"{self.run_dir}: {what}; {len(skipped)} of {len(self.videos)} videos were skipped as undecodable"
+                              + (f" (first: {first})" if first else "") + "; the run trained nothing and reports no result")
 
     def _record(self, out: StepOutput, clips: int, step_time: float, data_time: float, bar) -> None:
         self.clips_done += clips
@@ -420,31 +563,31 @@ class Pretraining:
             self.tracker.log_metrics({"data/skipped": self.skipped_total}, step=self.state.step)
 
     def run(self) -> PretrainResult:
-        """Train from the current position to the last epoch; returns what the run produced."""
-        self.clips_done, self.step_times, self.data_times = 0, [], []
-        start = time.perf_counter()
+        """Train from the current position to the last epoch; returns what the run produced, as
+        totals over all its segments (a finished run reports its stored totals)."""
+        self._start_segment()
         self.scheduler.step_update(self.state.step)
         first_epoch = self.state.epoch
         show = self.config.progress and self.dist.is_main
         bar = tqdm(total=(self.recipe.epochs - first_epoch) * self.steps_per_epoch, desc=f"{self.config.method}/{self.config.backbone}",
                    unit="step", disable=not show)
-        loss = float("nan")
         try:
             for epoch in range(first_epoch, self.recipe.epochs):
                 self.state.epoch = epoch
-                loss = self.run_epoch(bar)
+                self.run_epoch(bar)
                 self.state.epoch = epoch + 1
                 last = epoch + 1 == self.recipe.epochs
+                if last and self.totals().updates == 0:
+                    raise self._nothing_trained(f"all {self.state.step} steps skipped the optimizer (the method's skip_optimizer)")
                 if last or (epoch + 1) % self.config.checkpoint_every == 0:
                     self.save(finished=last)
                 if self.config.knn_every and (epoch + 1) % self.config.knn_every == 0:
                     self.online_knn()
         finally:
             bar.close()
-        wall = time.perf_counter() - start
-        return PretrainResult(self.run_dir, self.save_encoder(), self.state.step, wall,
-                              self.clips_done / max(sum(self.step_times), 1e-9), peak_memory_mb(self.dist.device), loss,
-                              skipped_videos=self.skipped_total)
+        totals = self.saved_totals  # those of the finished checkpoint, whichever segment wrote it
+        return PretrainResult(self.run_dir, self.save_encoder(), self.state.step, totals.wall_time_s, totals.clips_per_s,
+                              totals.peak_memory_mb, totals.final_loss, skipped_videos=self.skipped_total)
 
     def online_knn(self) -> dict[str, float]:
         """kNN top-1 of the current encoder (test split against train split, one centre clip per
@@ -469,7 +612,9 @@ class Pretraining:
         return metrics
 
     def save_encoder(self) -> Path:
+        """Write ``encoder.pt`` (rank 0) once its weights are checked finite."""
         path = self.run_dir / ENCODER
+        self._check_weights({"encoder": self.method.encoder.state_dict()}, ENCODER)
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_checkpoint(path, {"backbone": self.config.backbone, "backbone_args": self.config.backbone_args,
@@ -482,6 +627,17 @@ class Pretraining:
                 "data_spec": dataclasses.asdict(self.spec), "data": {"videos": len(self.videos), "fingerprint": self.videos.fingerprint()},
                 "engine": {"micro_batch": self.micro_batch, "steps_per_epoch": self.steps_per_epoch, "world_size": self.dist.world_size,
                            "amp_bf16": self.amp, "channels_last_3d": self.channels_last, "device": str(self.dist.device)}}
+
+
+def _known_cost(result: PretrainResult) -> dict[str, float]:
+    """The cost metrics and final loss of ``result`` that are known: an unknown one (NaN) is left
+    out, so a results table shows a gap rather than a made-up 0."""
+    cost = {"pretrain/wall_time_s": result.wall_time_s, "pretrain/clips_per_s": result.clips_per_s,
+            "pretrain/peak_memory_mb": result.peak_memory_mb, "pretrain/final_loss": result.final_loss}
+    unknown = [k for k, v in cost.items() if not math.isfinite(v)]
+    if unknown:
+        log.warning("%s: %s unknown (checkpoint written before vsbench stored them): not logged", result.run_dir, ", ".join(unknown))
+    return {k: v for k, v in cost.items() if k not in unknown}
 
 
 def pretrain(
@@ -525,9 +681,7 @@ def run_tracked(
         if config_file is not None:
             tracker.log_artifact(config_file)
         result = run.run()
-        tracker.log_metrics({"pretrain/wall_time_s": result.wall_time_s, "pretrain/clips_per_s": result.clips_per_s,
-                             "pretrain/peak_memory_mb": result.peak_memory_mb, "pretrain/final_loss": result.final_loss,
-                             "pretrain/params": sum(p.numel() for p in run.method.encoder.parameters()),
+        tracker.log_metrics({**_known_cost(result), "pretrain/params": sum(p.numel() for p in run.method.encoder.parameters()),
                              "data/skipped": result.skipped_videos}, step=result.steps)
         if run.dist.is_main:
             tracker.log_artifact(result.encoder_path)

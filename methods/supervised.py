@@ -31,6 +31,8 @@ class SupervisedConfig:
     stride: int = 1
     crop: int = 112
     dropout: float = 0.5
+    flip: bool = True  # random horizontal flip (the papers' fine-tune recipes); off for data a flip relabels
+    crop_scale: tuple[float, float] = (0.5, 1.0)  # area fraction of the random crop
 
     def __post_init__(self) -> None:
         if self.num_classes < 2:
@@ -52,7 +54,8 @@ class Supervised(Method):
 
     def data_spec(self) -> DataSpec:
         c = self.config
-        augment = AugmentConfig(size=(c.crop, c.crop), scale=(0.5, 1.0), jitter_p=0.0, grey_p=0.0, blur_p=0.0)
+        augment = AugmentConfig(size=(c.crop, c.crop), scale=tuple(c.crop_scale), flip_p=0.5 if c.flip else 0.0, jitter_p=0.0, grey_p=0.0,
+                                blur_p=0.0)
         return DataSpec(clips=1, frames=c.frames, stride=c.stride, augment=augment)
 
     def logits(self, clips: torch.Tensor) -> torch.Tensor:

@@ -40,7 +40,7 @@ def test_data_check_prints_the_table(tiny, capsys):
 def test_data_flow_builds_a_readable_cache(tiny, capsys):
     assert main(["data", "flow", str(tiny), "--workers", "2"]) == 0
     assert "48 videos computed" in capsys.readouterr().out
-    flow = read_flow(tiny / "flow", "v_MoveRight_g01_c01", [0, 1, 2])
+    flow = read_flow(tiny / "flow", "v_MoveUp_g01_c01", [0, 1, 2])
     assert flow.shape == (3, 64, 86, 2)
     assert main(["data", "flow", str(tiny), "--workers", "2"]) == 0  # resumed: nothing left to do
     assert "0 videos computed, 48 already present" in capsys.readouterr().out
@@ -49,7 +49,7 @@ def test_data_flow_builds_a_readable_cache(tiny, capsys):
 def test_data_check_names_corrupt_videos(tmp_path, capsys):
     out = tmp_path / "ms"
     main(["data", "synth", "--preset", "tiny", "--out", str(out), "--workers", "1", "--classes", "2"])
-    bad = out / "UCF-101" / "MoveRight" / "v_MoveRight_g02_c01.avi"
+    bad = out / "UCF-101" / "MoveUp" / "v_MoveUp_g02_c01.avi"
     truncate(bad, 0.6)
     assert main(["data", "check", str(out), "--split", "1"]) == 1
     report = capsys.readouterr().out
@@ -68,7 +68,7 @@ def test_a_bad_split_file_is_one_line_naming_file_and_line(tmp_path, capsys):
 
 def test_unknown_preset_lists_the_valid_ones(tmp_path, capsys):
     assert main(["data", "synth", "--preset", "huge", "--out", str(tmp_path)]) == 2
-    assert "choose one of tiny, small, standard" in capsys.readouterr().err
+    assert "choose one of tiny, small, bench, standard" in capsys.readouterr().err
 
 
 def test_console_entry_point_help():

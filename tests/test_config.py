@@ -46,3 +46,43 @@ def test_epoch_override_scales_the_milestones():
 def test_config_hash_is_stable_and_sensitive():
     a = config_hash(PretrainConfig(lr=0.1))
     assert a == config_hash(PretrainConfig(lr=0.1)) and a != config_hash(PretrainConfig(lr=0.2))
+
+
+@pytest.mark.parametrize("key,value,expected", [
+    ("lr", float("nan"), r"^lr: expected a finite float > 0, got nan$"),
+    ("gamma", float("inf"), r"^gamma: expected a finite float > 0, got inf$"),
+    ("batch_size", 0, r"^batch_size: expected int >= 1, got 0$"),
+    ("epochs", -3, r"^epochs: expected int >= 1, got -3$"),
+    ("steps_per_epoch", 0, r"^steps_per_epoch: expected int >= 1, got 0$"),
+    ("accumulate", 0, r"^accumulate: expected int >= 1, got 0$"),
+    ("weight_decay", -1e-4, r"^weight_decay: expected a finite float >= 0, got -0.0001$"),
+    ("momentum", 1.0, r"^momentum: expected a finite float in \[0, 1\), got 1.0$"),
+    ("clip_grad", float("-inf"), r"^clip_grad: expected a finite float >= 0, got -inf$"),
+    ("warmup_epochs", float("nan"), r"^warmup_epochs: expected a finite float >= 0, got nan$"),
+    ("milestones", [4, -1], r"^milestones\[1\]: expected a finite float >= 0, got -1(\.0)?$"),
+    ("checkpoint_every", 0, r"^checkpoint_every: expected int >= 1, got 0$"),
+])
+def test_numeric_fields_outside_their_range_name_the_key_and_the_range(key, value, expected):
+    with pytest.raises(ConfigError, match=expected):
+        from_dict(PretrainConfig, {key: value})
+    with pytest.raises(ConfigError, match=expected):  # built in Python: the same check
+        PretrainConfig(**{key: tuple(value) if isinstance(value, list) else value})
+
+
+def test_range_errors_name_the_file_or_the_nested_key(tmp_path, capsys):
+    from harness.cli import main
+
+    with pytest.raises(ConfigError, match=r"^data\.workers: expected int >= 0, got -1$"):
+        from_dict(PretrainConfig, {"data": {"workers": -1}})
+    toml = tmp_path / "run.toml"
+    toml.write_text("lr = nan\n")
+    assert main(["pretrain", "--config", str(toml), "--data", str(tmp_path)]) == 2
+    assert f"{toml}.lr: expected a finite float > 0, got nan" in capsys.readouterr().err
+    assert main(["pretrain", "--data", str(tmp_path), "--set", "epochs=-3"]) == 2
+    assert "epochs: expected int >= 1, got -3" in capsys.readouterr().err
+
+
+def test_the_ends_of_the_valid_ranges_are_accepted():
+    cfg = from_dict(PretrainConfig, {"momentum": 0, "weight_decay": 0, "clip_grad": 0, "warmup_epochs": 0, "knn_every": 0,
+                                     "milestones": [0], "epochs": 1, "lr": 1e-12, "data": {"workers": 0}})
+    assert cfg.momentum == 0.0 and cfg.clip_grad == 0.0 and cfg.epochs == 1

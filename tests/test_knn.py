@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from evaluation.knn import OnlineKNN, evaluate_knn, knn_classify
 from evaluation.protocols import KNNProtocol
+from evaluation.uncertainty import bootstrap_interval
 
 T = 0.07
 
@@ -45,11 +47,21 @@ def test_weighted_vote_differs_from_majority_vote():
 def test_evaluate_knn_and_online_monitor():
     protocol = KNNProtocol(k=3, temperature=T)
     right = evaluate_knn(protocol, TRAIN, TRAIN_LABELS, TEST, torch.tensor([0, 2]))
-    assert right == {"top1": 1.0, "top5": 1.0, "mean_class_acc": 1.0}
+    assert right == {"top1": 1.0, "top1_ci_low": 1.0, "top1_ci_high": 1.0, "top5": 1.0, "mean_class_acc": 1.0}
     # q0 labelled 1 (the majority class) is now wrong; class 1 is ranked second, so top-5 holds.
     mixed = evaluate_knn(protocol, TRAIN, TRAIN_LABELS, TEST, torch.tensor([1, 2]))
-    assert mixed == {"top1": 0.5, "top5": 1.0, "mean_class_acc": 0.5}
+    # hits [0, 1]: a resample of 2 has mean 0, 1/2 or 1 with probabilities 1/4, 1/2, 1/4 -> interval (0, 1)
+    assert mixed == {"top1": 0.5, "top1_ci_low": 0.0, "top1_ci_high": 1.0, "top5": 1.0, "mean_class_acc": 0.5}
     assert OnlineKNN(protocol).evaluate(TRAIN, TRAIN_LABELS, TEST, torch.tensor([1, 2])) == mixed
+
+
+def test_top1_interval_is_resampled_from_the_prediction_hits():
+    # q0 is predicted 0, q1 is predicted 2; q1 labelled 0 misses at top-1 (class 0 is its second choice).
+    test = torch.cat([TEST, TEST])  # q0, q1, q0, q1 labelled 0, 0, 0, 2 -> hits [1, 0, 1, 1]
+    result = evaluate_knn(KNNProtocol(k=3, temperature=T), TRAIN, TRAIN_LABELS, test, torch.tensor([0, 0, 0, 2]))
+    assert result["top1"] == 0.75
+    assert (result["top1_ci_low"], result["top1_ci_high"]) == bootstrap_interval(np.array([1.0, 0.0, 1.0, 1.0]))
+    assert result["top1_ci_low"] < 0.75 and result["top1_ci_high"] == 1.0  # not top-5's hits [1, 1, 1, 1]
 
 
 def test_online_knn_accepts_features_that_require_grad():

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from evaluation.linear import evaluate_linear, stratified_split
-from evaluation.metrics import classification_metrics
+from evaluation.metrics import classification_metrics, top1_hits
 from evaluation.protocols import LinearProtocol
+from evaluation.uncertainty import bootstrap_interval
 
 PROTOCOL = LinearProtocol()
 
@@ -40,6 +41,7 @@ def test_metrics_by_hand():
     labels = torch.tensor([0, 0, 1, 2])
     # top1: 2/4. top5 with 3 classes is top-3: always 1. per class: 0 -> 1/2, 1 -> 0/1, 2 -> 1/1.
     assert classification_metrics(scores, labels) == pytest.approx({"top1": 0.5, "top5": 1.0, "mean_class_acc": 0.5})
+    assert top1_hits(scores, labels).tolist() == [1.0, 0.0, 0.0, 1.0]  # the tie ranks class 0 first: a miss
 
 
 def test_metrics_top5_of_many_classes_and_numpy_input():
@@ -53,6 +55,8 @@ def test_metrics_top5_of_many_classes_and_numpy_input():
 def test_metrics_reject_labels_outside_the_score_columns():
     with pytest.raises(ValueError, match="labels must lie"):
         classification_metrics(torch.zeros(2, 3), torch.tensor([0, 3]))
+    with pytest.raises(ValueError, match="labels must lie"):
+        top1_hits(torch.zeros(2, 3), torch.tensor([0, 3]))
 
 
 # ---- the split ------------------------------------------------------------------------------
@@ -76,7 +80,8 @@ def test_separable_features_are_classified_almost_perfectly():
     result = evaluate_linear(PROTOCOL, *TRAIN, *TEST)
     assert result["top1"] >= 0.95 and result["mean_class_acc"] >= 0.95 and result["top5"] == 1.0
     assert result["chosen_C"] in PROTOCOL.cs and result["val_top1"] >= 0.9
-    assert evaluate_linear(PROTOCOL, *TRAIN, *TEST) == result  # deterministic
+    assert evaluate_linear(PROTOCOL, *TRAIN, *TEST) == result  # deterministic, the interval too
+    assert result["top1_ci_low"] <= result["top1"] <= result["top1_ci_high"]
 
 
 def test_shuffled_training_labels_give_chance():
@@ -111,3 +116,7 @@ def test_mean_class_accuracy_on_an_imbalanced_test_set():
     result = evaluate_linear(PROTOCOL, train, train_labels, test, test_labels)
     assert result["top1"] == pytest.approx(8 / 10)
     assert result["mean_class_acc"] == pytest.approx((1 + 2 / 3 + 0) / 3)
+    # the top-1 interval resamples the per-video hits [1] * 8 + [0, 0], in test order
+    hits = np.array([1.0] * 8 + [0.0, 0.0])
+    assert (result["top1_ci_low"], result["top1_ci_high"]) == bootstrap_interval(hits)
+    assert result["top1_ci_low"] < result["top1"] < result["top1_ci_high"] == 1.0

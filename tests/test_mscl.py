@@ -361,7 +361,10 @@ def test_two_training_steps_through_the_harness_with_flow_and_mds(motionshapes_t
     assert main(["data", "mds", str(motionshapes_tiny), "--flow-root", str(flow_root), "--clip-len", "4", "--stride", "2",
                  "--block", "16", "--workers", "2"]) == 0
     table = load_mds(flow_root)["videos"]
-    assert len(table) == len(videos.records) and all(v["chosen"] for v in table.values())
+    assert len(table) == len(videos.records)
+    # every video with motion keeps some starts; a Still video's flat flow may have none above its
+    # median (the sampler then draws two random clips, as the original does)
+    assert all(key.startswith("v_Still_") for key, v in table.items() if not v["chosen"])
     cfg = PretrainConfig(method="mscl", backbone="r3d_tiny", epochs=1, batch_size=4, steps_per_epoch=2, device="cpu",
                          output_dir=str(tmp_path / "runs"), tracking_uri=f"sqlite:///{tmp_path}/mlflow.db",
                          method_args={"frames": 4, "crop": 32, "stride": 2}, decode_size=(32, 43), log_every=1, progress=False)

@@ -11,7 +11,11 @@ import pandas as pd
 import pytest
 
 from harness.report import (
+    MARKS,
     NUMBER_COLUMNS,
+    _band,
+    comparison_marks,
+    distinguishable,
     format_table_text,
     numbers_of,
     plot_recall_curves,
@@ -19,6 +23,7 @@ from harness.report import (
     report_experiment,
     results_numbers,
     results_table,
+    standard_error,
     table_markdown,
     write_table,
 )
@@ -284,3 +289,153 @@ def test_empty_experiment(tmp_path):
     assert out["recall_plot"] is None and len(out["table"]) == 0
     header = out["markdown"].read_text().splitlines()[2]
     assert [c.strip() for c in header.strip("|").split("|")] == ["row", *BASE_HEADER, *COST_HEADER]
+
+
+# --------------------------------------------------------------------------------------------
+# Uncertainty: single-seed bootstrap intervals and the marks of rows the table cannot tell apart
+
+
+def _ci(metric: str, low: float, high: float) -> dict[str, float]:
+    return {f"{metric}_ci_low": low, f"{metric}_ci_high": high}
+
+
+@pytest.fixture(scope="module")
+def ci_store(store):
+    """moco: 2 seeds (intervals logged but not shown); dclr, iic, random init: one seed with intervals.
+    Another experiment in the first fixture's store (creating a store costs seconds)."""
+    uri = store["uri"]
+    r1, r5, lin = "eval/retrieval/R1", "eval/retrieval/R5", "eval/linear/top1"
+    with Tracker("ci", "suite", tracking_uri=uri, tags={"kind": "suite"}) as parent:
+        p = parent.run_id
+        for seed, (a, b, c) in enumerate([(0.40, 0.35, 0.55), (0.50, 0.45, 0.65)]):  # R1 45 ± 7.1, R5 40 ± 7.1
+            _child(uri, "ci", p, "moco", seed, {r1: a, **_ci(r1, a - 0.05, a + 0.05), r5: b, lin: c})
+        _child(uri, "ci", p, "dclr", 0, {r1: 0.47, **_ci(r1, 0.40, 0.54), lin: 0.80, **_ci(lin, 0.75, 0.85)})
+        _child(uri, "ci", p, "iic", 0, {r1: 0.14, **_ci(r1, 0.06, 0.22), r5: 0.30, **_ci(r5, 0.20, 0.40),
+                                        **_probe(0.99, 0.99, 0.99)})
+        _child(uri, "ci", p, "random init", 0, {r1: 0.10, **_ci(r1, 0.05, 0.15), r5: 0.20, **_ci(r5, 0.10, 0.30),
+                                                lin: 0.20, **_probe(0.99, 0.99, 0.99)}, kind="reference")
+    return runs_frame("ci", tracking_uri=uri)
+
+
+@pytest.fixture(scope="module")
+def ci_table(ci_store):
+    return results_table(ci_store)
+
+
+def test_single_seed_cell_shows_its_interval(ci_table):
+    assert ci_table.loc["random init", "R@1"] == "10.0 [5.0, 15.0]"  # a reference row carries no mark of its own
+    assert ci_table.loc["random init", "linear top-1"] == "20.0"  # no interval logged: the value alone
+    assert ci_table.loc["dclr", "linear top-1"] == "80.0 [75.0, 85.0]"  # 80 +- 2.6 vs moco 60 +- 5: they differ
+    assert ci_table.loc["iic", "motion: static"] == "0.990"  # probes: no interval, no mark
+
+
+def test_multi_seed_cell_keeps_mean_pm_std(ci_table, ci_store):
+    assert ci_table.loc["moco", "R@1"] == "45.0 ± 7.1"  # the seeds' own intervals are not shown
+    numbers = results_numbers(ci_store)
+    moco = numbers[(numbers["row"] == "moco") & (numbers["column"] == "R@1")].iloc[0]
+    assert moco["n"] == 2 and math.isnan(moco["ci_low"]) and math.isnan(moco["ci_high"])
+
+
+def test_numbers_and_csv_carry_the_interval(ci_table, tmp_path):
+    numbers = numbers_of(ci_table)
+    dclr = numbers[(numbers["row"] == "dclr") & (numbers["column"] == "R@1")].iloc[0]
+    assert (dclr["mean"], dclr["ci_low"], dclr["ci_high"]) == pytest.approx((47.0, 40.0, 54.0))
+    rand = numbers[(numbers["row"] == "random init") & (numbers["column"] == "linear top-1")].iloc[0]
+    assert math.isnan(rand["ci_low"]) and math.isnan(rand["ci_high"])
+    _, csv = write_table(ci_table, tmp_path, title="ci")
+    back = pd.read_csv(csv)
+    assert list(back.columns) == NUMBER_COLUMNS and {"ci_low", "ci_high"} <= set(back.columns)
+    np.testing.assert_array_equal(back["ci_low"].to_numpy(), numbers["ci_low"].to_numpy())
+    np.testing.assert_array_equal(back["ci_high"].to_numpy(), numbers["ci_high"].to_numpy())
+
+
+def test_standard_error_and_distinguishability_by_hand():
+    assert standard_error(math.sqrt(50), 2, math.nan, math.nan) == pytest.approx(5.0)  # std / sqrt(n)
+    assert standard_error(math.nan, 1, 40.0, 54.0) == pytest.approx(14.0 / 3.92)  # half-width / 1.96
+    assert standard_error(math.nan, 1, math.nan, math.nan) is None  # one seed, no interval: unknown
+    # se 3 and 4: sqrt(9 + 16) = 5, so the threshold is 1.96 * 5 = 9.8
+    assert not distinguishable(0.0, 3.0, 9.79, 4.0) and distinguishable(0.0, 3.0, 9.81, 4.0)
+    assert distinguishable(9.81, 4.0, 0.0, 3.0)  # symmetric
+    assert not distinguishable(47.0, 14.0 / 3.92, 45.0, 5.0)  # dclr vs moco below: 2 < 12.0
+
+
+def _number(row, column, mean, std, n, low=math.nan, high=math.nan, backbone="r3d18", metric=None):
+    metric = metric or {"R@1": "eval/retrieval/R1", "kNN top-1": "eval/knn/top1",
+                        "motion: static": "eval/probe/sim_static"}[column]
+    return {"row": row, "backbone": backbone, "column": column, "metric": metric, "protocol": "", "protocol_hash": "",
+            "unit": "%", "mean": mean, "std": std, "ci_low": low, "ci_high": high, "n": n}
+
+
+def test_comparison_marks_on_a_hand_built_frame():
+    numbers = pd.DataFrame([
+        _number("random init", "R@1", 10.0, math.nan, 1, 5.0, 15.0),   # se 2.55
+        _number("moco", "R@1", 40.0, math.sqrt(50), 2),                  # se 5
+        _number("a", "R@1", 14.0, math.nan, 1, 6.0, 22.0),               # se 4.08: ~random (4 < 9.4), not ~moco (26 > 12.6)
+        _number("b", "R@1", 25.0, math.sqrt(200), 2),                    # se 10: 15 < 20.2 and 15 < 21.9 -> both
+        _number("c", "R@1", 39.0, math.nan, 1),                          # no uncertainty: never marked
+        _number("random init", "kNN top-1", 30.0, math.nan, 1),         # a reference without uncertainty...
+        _number("d", "kNN top-1", 30.0, 1.0, 3),                         # ...marks nothing
+        _number("random init", "motion: static", 0.9, 0.01, 2),         # probes are not compared
+        _number("d", "motion: static", 0.9, 0.01, 2),
+        _number("e", "R@1", 10.0, 1.0, 2, backbone="r2plus1d"),          # no reference row of its backbone
+    ], columns=NUMBER_COLUMNS)
+    assert comparison_marks(numbers) == {("a", "r3d18", "R@1"): MARKS["random init"],
+                                         ("b", "r3d18", "R@1"): f"{MARKS['random init']} {MARKS['moco']}"}
+    assert MARKS == {"random init": "≈R", "moco": "≈M"}
+    # a reference row is never compared with itself, only with the other reference row
+    close = pd.DataFrame([_number("random init", "R@1", 10.0, 1.0, 2), _number("moco", "R@1", 11.0, 1.0, 2)],
+                         columns=NUMBER_COLUMNS)
+    assert comparison_marks(close) == {("random init", "r3d18", "R@1"): "≈M", ("moco", "r3d18", "R@1"): "≈R"}
+
+
+def test_marks_in_the_table(ci_table):
+    # iic R@1 14 +- 4.1 vs random init 10 +- 2.6: indistinguishable; vs moco 45 +- 5: different
+    assert ci_table.loc["iic", "R@1"] == "14.0 [6.0, 22.0] ≈R"
+    # iic R@5 30 +- 5.1 vs random init 20 +- 5.1 (10 < 14.1) and vs moco 40 +- 5 (10 < 14.0)
+    assert ci_table.loc["iic", "R@5"] == "30.0 [20.0, 40.0] ≈R ≈M"
+    assert ci_table.loc["dclr", "R@1"] == "47.0 [40.0, 54.0] ≈M"
+    assert ci_table.loc["moco", "R@5"] == "40.0 ± 7.1" and ci_table.loc["random init", "R@5"] == "20.0 [10.0, 30.0]"
+    assert "30.0 [20.0, 40.0] ≈R ≈M |" in table_markdown(ci_table)
+
+
+def test_note_under_the_table_states_the_rule(ci_table, table, tmp_path):
+    md, _ = write_table(ci_table, tmp_path, title="ci")
+    text = md.read_text()
+    assert "value [low, high]" in text and "95% bootstrap interval over test videos" in text
+    assert "Marks: ≈R = not distinguishable from the 'random init' row; ≈M = not distinguishable from the 'moco' row" in text
+    assert "|mean_a - mean_b| > 1.96 * sqrt(se_a^2 + se_b^2)" in text
+    assert "se = std / sqrt(n)" in text and "se = (high - low) / (2 * 1.96)" in text
+    assert "A cell without uncertainty (one seed, no interval), or whose reference cell has none, is not compared" in text
+    assert any("1.96" in note for note in table.attrs["notes"])  # the first store has both reference rows too
+
+
+def test_no_marks_note_without_a_reference_row(tmp_path):
+    frame = pd.DataFrame([{"run_id": "r0", "status": "FINISHED", "start_time": pd.Timestamp(1000, unit="s", tz="UTC"),
+                           "tags.row": "iic", "tags.seed": "0", "metrics.eval/retrieval/R1": 0.3}])
+    notes = "\n".join(results_table(frame).attrs["notes"])
+    assert "1.96" not in notes and "value [low, high]" in notes
+
+
+def test_half_an_interval_is_an_error():
+    frame = pd.DataFrame([{"run_id": "r7", "status": "FINISHED", "start_time": pd.Timestamp(1000, unit="s", tz="UTC"),
+                           "tags.row": "iic", "tags.seed": "3", "metrics.eval/knn/top1": 0.3,
+                           "metrics.eval/knn/top1_ci_low": 0.2, "metrics.eval/knn/top1_ci_high": float("nan")}])
+    with pytest.raises(ValueError, match=r"run r7 \(row 'iic', seed 3\).*eval/knn/top1_ci_high is missing"):
+        results_table(frame)
+
+
+def test_recall_plot_shows_the_intervals(ci_table, tmp_path):
+    numbers = numbers_of(ci_table)
+    r1 = numbers[numbers["column"] == "R@1"].set_index("row")
+    low, high = _band(r1)
+    bands = dict(zip(r1.index, zip(low, high)))
+    assert bands["moco"] == pytest.approx((45.0 - math.sqrt(50), 45.0 + math.sqrt(50)))  # ± std over seeds
+    assert bands["dclr"] == pytest.approx((40.0, 54.0))  # one seed: its bootstrap interval
+    path = plot_recall_curves(numbers, tmp_path / "with.png")
+    width, height = _png_size(path)
+    assert width > 400 and height > 300
+    without = numbers.assign(ci_low=math.nan, ci_high=math.nan)  # as if no run had logged an interval
+    dclr_low, dclr_high = _band(without[(without["row"] == "dclr") & (without["column"] == "R@1")])
+    assert list(dclr_low) == list(dclr_high) == [47.0]  # one seed without an interval: no band
+    plain = plot_recall_curves(without, tmp_path / "without.png")
+    assert path.read_bytes() != plain.read_bytes()  # the single-seed bands are drawn

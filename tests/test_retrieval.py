@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from evaluation.protocols import RetrievalProtocol
-from evaluation.retrieval import evaluate_retrieval, recall_at_k, topk_neighbours
+from evaluation.retrieval import evaluate_retrieval, recall_at_k, recall_hits, topk_neighbours
+from evaluation.uncertainty import bootstrap_interval
 
 
 def _at(degrees: float, norm: float = 1.0) -> list[float]:
@@ -46,6 +48,12 @@ def test_hand_example_recall():
     assert recall == pytest.approx({"R1": 1 / 3, "R2": 2 / 3, "R3": 1.0})
 
 
+def test_recall_hits_per_query():
+    _, idx = topk_neighbours(QUERIES, GALLERY, 3)
+    hits = recall_hits(QUERY_LABELS, GALLERY_LABELS, idx, (1, 2, 3))
+    assert {k: h.tolist() for k, h in hits.items()} == {1: [False, True, False], 2: [True, True, False], 3: [True, True, True]}
+
+
 def test_boundary_tie_is_broken_by_index():
     # q0's top 2 cut through the g1/g2 tie: g1 (smaller index) is kept, so q0 (class 1) hits at k=2.
     sims, idx = topk_neighbours(QUERIES[:1], GALLERY, 2)
@@ -61,9 +69,32 @@ def test_all_tied_gallery_ranks_by_index():
 
 def test_evaluate_retrieval_hand_example():
     protocol = RetrievalProtocol(ks=(1, 2, 3))
-    assert evaluate_retrieval(protocol, GALLERY, GALLERY_LABELS, QUERIES, QUERY_LABELS) == pytest.approx(
-        {"R1": 1 / 3, "R2": 2 / 3, "R3": 1.0}
-    )
+    result = evaluate_retrieval(protocol, GALLERY, GALLERY_LABELS, QUERIES, QUERY_LABELS)
+    assert {k: result[k] for k in ("R1", "R2", "R3")} == pytest.approx({"R1": 1 / 3, "R2": 2 / 3, "R3": 1.0})
+
+
+def test_evaluate_retrieval_intervals_come_from_the_per_query_hits():
+    # The hand example four times over: per-query hits R1 [0, 1, 0] x 4, R2 [1, 1, 0] x 4, R3 all ones.
+    queries, labels = QUERIES.repeat(4, 1), QUERY_LABELS.repeat(4)
+    result = evaluate_retrieval(RetrievalProtocol(ks=(1, 2, 3)), GALLERY, GALLERY_LABELS, queries, labels)
+    assert list(result) == ["R1", "R1_ci_low", "R1_ci_high", "R2", "R2_ci_low", "R2_ci_high", "R3", "R3_ci_low", "R3_ci_high"]
+    for k, hits in ((1, [0.0, 1.0, 0.0] * 4), (2, [1.0, 1.0, 0.0] * 4)):
+        assert (result[f"R{k}_ci_low"], result[f"R{k}_ci_high"]) == bootstrap_interval(np.array(hits))
+        assert result[f"R{k}_ci_low"] < result[f"R{k}"] < result[f"R{k}_ci_high"]
+    assert result["R1_ci_high"] < result["R2_ci_high"]  # different hit vectors, different intervals
+    assert (result["R3_ci_low"], result["R3_ci_high"]) == (1.0, 1.0)  # every query hits: nothing to resample
+
+
+def test_evaluate_retrieval_point_values_equal_recall_at_k():
+    g = torch.Generator().manual_seed(2)
+    gallery, queries = torch.randn(60, 6, generator=g), torch.randn(997, 6, generator=g)
+    gallery_labels, query_labels = torch.randint(0, 7, (60,), generator=g), torch.randint(0, 7, (997,), generator=g)
+    result = evaluate_retrieval(RetrievalProtocol(ks=(1, 5, 20)), gallery, gallery_labels, queries, query_labels)
+    _, idx = topk_neighbours(queries, gallery, 20)
+    recall = recall_at_k(query_labels, gallery_labels, idx, (1, 5, 20))
+    assert {key: result[key] for key in recall} == recall  # exactly, not approximately
+    for k in (1, 5, 20):
+        assert result[f"R{k}_ci_low"] < result[f"R{k}"] < result[f"R{k}_ci_high"]
 
 
 def _reference(queries: torch.Tensor, gallery: torch.Tensor, k: int) -> list[list[int]]:
@@ -103,8 +134,8 @@ def test_mean_centering_changes_the_result():
     gallery_labels, query_labels = torch.tensor([0, 1]), torch.tensor([1, 0])
     plain = evaluate_retrieval(RetrievalProtocol(ks=(1,)), gallery, gallery_labels, queries, query_labels)
     centred = evaluate_retrieval(RetrievalProtocol(ks=(1,), center=True), gallery, gallery_labels, queries, query_labels)
-    assert plain == {"R1": 0.5}
-    assert centred == {"R1": 1.0}
+    assert plain["R1"] == 0.5
+    assert centred["R1"] == 1.0
 
 
 def test_k_larger_than_gallery_raises():

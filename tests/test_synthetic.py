@@ -19,6 +19,7 @@ import harness
 from harness.data.synthetic import (
     BACKGROUND_FAMILIES,
     CLASS_NAMES,
+    GENERATOR_VERSION,
     PRESETS,
     MotionShapesConfig,
     class_family,
@@ -77,6 +78,9 @@ def test_layout_and_names(tiny_dir, meta):
 def test_config_json_and_meta(tiny_dir, meta):
     info = json.loads((tiny_dir / "motionshapes.json").read_text())
     assert info["vsbench_version"] == harness.__version__
+    assert info["generator_version"] == GENERATOR_VERSION == 2
+    assert info["symmetries"] == {"hflip_pairs": [], "vflip_pairs": [["MoveUp", "MoveDown"]],
+                                  "time_reversal_pairs": [["MoveUp", "MoveDown"], ["Grow", "Shrink"]], "label_preserving": ["hflip"]}
     assert info["class_names"] == list(CLASS_NAMES)
     assert info["counts"]["videos"] == 48
     assert MotionShapesConfig.from_dict(info["config"]) == TINY
@@ -136,8 +140,11 @@ def test_presets_keep_32_frame_windows():
     assert (TINY.classes, TINY.groups, TINY.clips_per_group, TINY.frames, TINY.height, TINY.width) == (12, 4, 1, 32, 64, 86)
     small, standard = PRESETS["small"], PRESETS["standard"]
     assert (small.groups, small.clips_per_group, small.frames, small.height, small.width) == (8, 2, 48, 96, 128)
+    bench = PRESETS["bench"]
+    assert (bench.groups, bench.clips_per_group, bench.frames, bench.height, bench.width) == (56, 2, 32, 32, 32)
+    assert sum(r["split1"] == "train" for r in video_records(bench)) == 960
     assert (standard.groups, standard.clips_per_group, standard.frames, standard.height, standard.width) == (25, 8, 64, 128, 171)
-    for cfg in (TINY, small):
+    for cfg in (TINY, small, bench):
         assert min(r["frames"] for r in video_records(cfg)) >= 32
     assert min(sample_motion(standard, c, g, 1).frames for c in range(12) for g in range(1, 26)) >= 32
 
@@ -182,15 +189,25 @@ def test_resume_regenerates_only_missing_videos(tmp_path):
 def test_resume_cleans_dead_temp_files_and_refuses_another_config(tmp_path):
     cfg = dataclasses.replace(TINY, classes=2, groups=2)
     generate_motionshapes(tmp_path, cfg, workers=0, progress=False)
-    folder = tmp_path / "UCF-101" / "MoveLeft"
-    dead = folder / ".v_MoveLeft_g01_c01.avi.999999999.tmp"  # no such process
-    alive = folder / f".v_MoveLeft_g01_c01.avi.{os.getpid()}.tmp"  # a run in progress: keep
+    folder = tmp_path / "UCF-101" / "MoveHorizontal"
+    dead = folder / ".v_MoveHorizontal_g01_c01.avi.999999999.tmp"  # no such process
+    alive = folder / f".v_MoveHorizontal_g01_c01.avi.{os.getpid()}.tmp"  # a run in progress: keep
     dead.write_bytes(b"partial")
     alive.write_bytes(b"partial")
     generate_motionshapes(tmp_path, cfg, workers=0, progress=False)
     assert not dead.exists() and alive.exists()
     with pytest.raises(ValueError, match="seed"):
         generate_motionshapes(tmp_path, dataclasses.replace(cfg, seed=1), workers=0, progress=False)
+
+
+def test_version_1_folder_is_refused_not_mixed(tmp_path):
+    cfg = dataclasses.replace(TINY, classes=2, groups=2)
+    generate_motionshapes(tmp_path, cfg, workers=0, progress=False)
+    info = json.loads((tmp_path / "motionshapes.json").read_text())
+    del info["generator_version"]  # as version 1 wrote it
+    (tmp_path / "motionshapes.json").write_text(json.dumps(info))
+    with pytest.raises(ValueError, match="generator version 1, this is version 2"):
+        generate_motionshapes(tmp_path, cfg, workers=0, progress=False)
 
 
 # ----------------------------------------------------------------------------- the class is the motion
@@ -219,7 +236,7 @@ def _angles(points: np.ndarray, origin: np.ndarray) -> np.ndarray:
     return np.unwrap(np.arctan2(points[:, 1] - origin[..., 1], points[:, 0] - origin[..., 0]))
 
 
-FLAT = dataclasses.replace(TINY, groups=4, frames=32, frame_jitter=0.0, height=96, width=128, max_objects=1, flat_background=True)
+FLAT = dataclasses.replace(TINY, groups=40, frames=32, frame_jitter=0.0, height=96, width=128, max_objects=1, flat_background=True)
 
 
 def check_motion(config: MotionShapesConfig, class_index: int, group: int) -> None:
@@ -230,36 +247,73 @@ def check_motion(config: MotionShapesConfig, class_index: int, group: int) -> No
     centre, area, mark = _track(frames, look.colors[0], look.objects[0].mark_color)
     whole = area >= 0.8 * area.max()  # object (nearly) fully in frame
     x, y = centre[:, 0], centre[:, 1]
+    motion = sample_motion(config, class_index, group, 1).objects[0]
     if name.startswith("Move"):
-        axis, sign = {"MoveLeft": (x, -1), "MoveRight": (x, 1), "MoveUp": (y, -1), "MoveDown": (y, 1)}[name]
+        axis, sign = {"MoveHorizontal": (x, motion.direction), "MoveUp": (y, -1), "MoveDown": (y, 1)}[name]
         assert sign * _median_step(axis, whole) > 0.5, (name, group)
     elif name in ("Grow", "Shrink"):
         sign = 1 if name == "Grow" else -1
         assert sign * _median_step(area, np.ones_like(whole)) > 0, (name, group)
         assert area.max() > 1.5 * area.min(), (name, group)
-    elif name.startswith("Rotate"):
+    elif name == "Rotate":
         assert np.ptp(x) < 3 and np.ptp(y) < 3 and np.ptp(area) < 0.35 * area.mean(), (name, group)  # in place
         turn = np.degrees(np.polyfit(np.arange(len(mark)), _angles(mark, centre), 1)[0])  # deg/frame
-        sign = 1 if name == "RotateClockwise" else -1
-        assert sign * turn > 2.0, (name, group)
-    elif name.startswith("Orbit"):
+        assert motion.direction * turn > 2.0, (name, group)
+    elif name == "Orbit":
         turn = np.degrees(np.diff(_angles(centre, centre.mean(0))))
-        sign = 1 if name == "OrbitClockwise" else -1
-        assert sign * np.median(turn) > 2.0 and np.all(sign * turn > 0), (name, group)
-    else:
+        assert motion.direction * np.median(turn) > 2.0 and np.all(motion.direction * turn > 0), (name, group)
+    elif name.startswith("Oscillate"):
         along, across = (x, y) if name == "OscillateHorizontal" else (y, x)
         assert np.ptp(along) > 10 and np.ptp(across) < 1.0, (name, group)
         steps = np.diff(along)
         assert (steps > 0.5).any() and (steps < -0.5).any(), (name, group)  # goes back and forth
+    elif name == "Pulse":
+        assert np.ptp(x) < 2 and np.ptp(y) < 2 and area.max() > 1.4 * area.min(), (name, group)  # in place, swelling
+        steps = np.diff(area)
+        assert (steps > 0).sum() > 3 and (steps < 0).sum() > 3, (name, group)  # grows and shrinks by turns
+    elif name == "Shake":
+        assert 1.0 < np.abs(np.diff(centre, axis=0)).max() <= 2 * motion.amplitude + 1, (name, group)
+        assert np.abs(centre - np.array(motion.center)).max() <= motion.amplitude + 1, (name, group)  # around one point
+    else:
+        assert name == "Still" and np.ptp(centre, axis=0).max() < 1e-6 and np.ptp(area) == 0, (name, group)
+
+
+def test_direction_free_classes_draw_both_directions():
+    cfg = dataclasses.replace(PRESETS["small"], groups=20)
+    for c in (CLASS_NAMES.index(n) for n in ("MoveHorizontal", "Rotate", "Orbit")):
+        directions = {sample_motion(cfg, c, g, 1).objects[0].direction for g in range(1, 21)}
+        assert directions == {-1, 1}, CLASS_NAMES[c]
+
+
+def _inside(config: MotionShapesConfig, class_index: int, group: int) -> bool:
+    """The object of (class, group, clip 1) stays whole inside the frame in every frame."""
+    look, motion = sample_appearance(config, class_index, group), sample_motion(config, class_index, group, 1)
+    for t in range(motion.frames):
+        x, y, _, scale = object_pose(config, CLASS_NAMES[class_index], motion.objects[0], look.objects[0].radius, t)
+        r = look.objects[0].radius * scale + 1
+        if not (r <= x <= config.width - r and r <= y <= config.height - r):
+            return False
+    return True
 
 
 @pytest.mark.parametrize("class_index", range(12))
 def test_class_is_the_motion(class_index):
-    for group in (1, 2, 3):
+    # centres keep no margin (objects are cut by the border in every class): the motion is measured
+    # on clips whose object stays whole; a Move object wraps whatever its start
+    groups = [g for g in range(1, FLAT.groups + 1) if CLASS_NAMES[class_index].startswith("Move") or _inside(FLAT, class_index, g)]
+    assert len(groups) >= 3, CLASS_NAMES[class_index]
+    for group in groups[:3]:
         check_motion(FLAT, class_index, group)
 
 
 # ----------------------------------------------------------------------------- appearance vs class
+
+
+def test_appearance_is_shared_by_every_class_of_a_group():
+    for g in (1, 2, 3):
+        looks = {dataclasses.replace(sample_appearance(PRESETS["small"], c, g), bias_aligned=False) for c in range(12)}
+        assert len(looks) == 1, g  # one look per group, whatever the class
+    assert sample_appearance(PRESETS["small"], 0, 1) != sample_appearance(PRESETS["small"], 0, 2)
 
 
 def test_appearance_is_independent_of_class():

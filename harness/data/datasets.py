@@ -19,6 +19,8 @@ import csv
 import hashlib
 import json
 import os
+import posixpath
+import re
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -30,9 +32,10 @@ from harness.data.video import VIDEO_EXTENSIONS, CorruptVideo, probe_video
 from harness.io import write_json_atomic
 
 INDEX_NAME = "vsbench_index.json"
-INDEX_VERSION = 1
+INDEX_VERSION = 2  # 2: files without a stated frame count (Matroska/WebM) hold their decoded count
 FORMATS = ("auto", "ucf101", "hmdb51", "csv")
 SUBSETS = ("train", "test", "all")
+CSV_COLUMNS = ("path", "label", "split", "num_frames")  # the columns a CSV header may name
 
 
 class DatasetError(ValueError):
@@ -79,8 +82,11 @@ class VideoDataset:
         return [r for r in self.records if not r.ok]
 
     def fingerprint(self) -> str:
-        """Short hash of (key, label, frame count) of every video: equal data, equal fingerprint."""
+        """Short hash of (key, label, frame count) of every video and of the generator that made
+        the data (MotionShapes' version, in ``extra``): equal data, equal fingerprint."""
         h = hashlib.sha1()
+        if "generator" in self.extra:
+            h.update(f"generator\t{self.extra['generator']}\n".encode())
         for r in self.records:
             h.update(f"{r.key}\t{r.label}\t{r.num_frames}\n".encode())
         return h.hexdigest()[:12]
@@ -208,6 +214,66 @@ def _key(path: Path, video_root: Path) -> str:
     return str(rel.with_suffix("")) if rel.suffix.lower() in VIDEO_EXTENSIONS else str(rel)
 
 
+def _normalise(rel: str, file: Path, n: int, video_root: Path) -> str:
+    """A list entry as a normalised relative path (``A/../B/x.avi`` -> ``B/x.avi``), so that two
+    spellings of one file compare equal; an entry that leaves the video folder is an error."""
+    norm = posixpath.normpath(rel.replace("\\", "/"))
+    if norm == ".." or norm.startswith("../") or posixpath.isabs(norm):
+        raise DatasetError(f"{file}:{n}: {rel!r} points outside the video folder; entries are paths inside {video_root}")
+    return norm
+
+
+@dataclass(frozen=True)
+class _Listed:
+    """One line of a list file: the video it names (normalised), its label and its part."""
+
+    file: Path
+    line: int
+    video: str
+    label: str
+    part: str  # "train", "test", or another name (HMDB51's "unused", "" for a list without splits)
+
+    @property
+    def where(self) -> str:
+        return f"{self.file}:{self.line}"
+
+
+def _check_listed(entries: Iterable[_Listed]) -> None:
+    """Every video listed once, with one label, and never in both the train and test part.
+
+    A test video also in the train list makes retrieval find itself (R@1 near 1.0), and a
+    duplicate weighs one video twice: both change a result, so both are errors.
+    """
+    first: dict[str, _Listed] = {}
+    both: list[tuple[_Listed, _Listed]] = []
+    for cur in entries:
+        prev = first.setdefault(cur.video, cur)
+        if prev is cur:
+            continue
+        if prev.label != cur.label:
+            raise DatasetError(
+                f"{cur.where}: {cur.video!r} is listed with label {cur.label!r}, but with label {prev.label!r} "
+                f"at {prev.where}; a video has one label: list it once"
+            )
+        if {prev.part, cur.part} == {"train", "test"}:
+            both.append((prev, cur) if prev.part == "train" else (cur, prev))
+        else:
+            raise DatasetError(f"{cur.where}: {cur.video!r} is listed a second time (first at {prev.where}); list each video once")
+    if both:
+        train, test = both[0]
+        names = ", ".join(t.video for t, _ in both[:5]) + (" ..." if len(both) > 5 else "")
+        raise DatasetError(
+            f"{len(both)} video(s) are in both the train list {train.file} and the test list {test.file} "
+            f"(first: {train.where} and {test.where}): {names}; a test video must not be in the train list"
+        )
+
+
+def _require_videos(records: list, source: Path | str, what: str) -> None:
+    """An empty subset trains or evaluates on nothing: an error naming the list it came from."""
+    if not records:
+        raise DatasetError(f"{source}: lists no videos for {what}; expected at least one video")
+
+
 # ----------------------------------------------------------------------------- UCF101
 
 
@@ -226,24 +292,24 @@ def read_class_index(file: Path) -> list[str]:
     return [names[i] for i in range(1, len(names) + 1)]
 
 
-def _ucf_entries(file: Path, classes: list[str], video_root: Path) -> list[VideoRecord]:
+def _ucf_entries(file: Path, part: str, classes: list[str], video_root: Path) -> list[tuple[VideoRecord, _Listed]]:
     lookup = {c: i for i, c in enumerate(classes)}
-    records = []
+    out = []
     for n, fields in _lines(file):
         if len(fields) > 2 or (len(fields) == 2 and not fields[1].isdigit()):
             raise DatasetError(f"{file}:{n}: expected '<Class>/<video> [<label>]', got {' '.join(fields)!r}")
-        rel = fields[0].replace("\\", "/")
+        rel = _normalise(fields[0], file, n, video_root)
         cls = rel.split("/")[0] if "/" in rel else None
         if cls not in lookup:
-            raise DatasetError(f"{file}:{n}: unknown class {cls!r} in {rel!r}; known classes are those of classInd.txt")
+            raise DatasetError(f"{file}:{n}: unknown class {cls!r} in {fields[0]!r}; known classes are those of classInd.txt")
         label = lookup[cls]
         if len(fields) == 2 and int(fields[1]) != label + 1:
-            raise DatasetError(f"{file}:{n}: label {fields[1]} does not match class {cls} (index {label + 1} in classInd.txt)")
+            raise DatasetError(f"{file}:{n}: label {fields[1]} does not match class {cls} of {rel!r} (index {label + 1} in classInd.txt)")
         path = _resolve_video(video_root, rel)
         if path is None:
-            raise DatasetError(f"{file}:{n}: video {rel!r} not found under {video_root}")
-        records.append(VideoRecord(str(path), label, _key(path, video_root)))
-    return records
+            raise DatasetError(f"{file}:{n}: video {fields[0]!r} not found under {video_root}")
+        out.append((VideoRecord(str(path), label, _key(path, video_root)), _Listed(file, n, rel, cls, part)))
+    return out
 
 
 def load_ucf101(
@@ -259,17 +325,36 @@ def load_ucf101(
 
     ``root`` holds the videos (``UCF-101/<Class>/v_*.avi``, or class folders directly, or frame
     folders) and the split files (``ucfTrainTestlist/``); ``annotations`` and ``videos``
-    override where each is looked for.
+    override where each is looked for. Both lists of the split are read whatever the subset (the
+    other one when it exists): a video in both, a line listed twice or a requested list with no
+    video raises :class:`DatasetError`.
     """
     _check_split_subset(split, subset)
     ann, video_root = _locate(root, annotations, videos, ("ucfTrainTestlist",), ("UCF-101",))
     classes = read_class_index(_first_existing([ann / "classInd.txt"], "classInd.txt", ann))
-    records: list[VideoRecord] = []
-    for part in ("train", "test") if subset == "all" else (subset,):
-        lst = _first_existing([ann / f"{part}list{split:02d}.txt"], f"{part}list{split:02d}.txt", ann)
-        records += _ucf_entries(lst, classes, video_root)
-    records = _with_counts(records, video_root, progress)
-    return VideoDataset("ucf101", str(video_root), classes, records, split, subset)
+    wanted = ("train", "test") if subset == "all" else (subset,)
+    parts: dict[str, list[tuple[VideoRecord, _Listed]]] = {}
+    for part in ("train", "test"):
+        lst = ann / f"{part}list{split:02d}.txt"
+        if part in wanted:
+            _first_existing([lst], lst.name, ann)
+            parts[part] = _ucf_entries(lst, part, classes, video_root)
+            _require_videos(parts[part], lst, f"the {part} subset of split {split}")
+        elif lst.exists():
+            parts[part] = _ucf_entries(lst, part, classes, video_root)
+    _check_listed(listed for entries in parts.values() for _, listed in entries)
+    records = _with_counts([r for part in wanted for r, _ in parts[part]], video_root, progress)
+    return VideoDataset("ucf101", str(video_root), classes, records, split, subset, extra=_generator(Path(root)))
+
+
+def _generator(root: Path) -> dict:
+    """``{"generator": "MotionShapes v<N>"}`` for a generated data set (its motionshapes.json;
+    folders without a version were written by version 1), else nothing."""
+    try:
+        info = json.loads((root / "motionshapes.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return {"generator": f"MotionShapes v{info.get('generator_version', 1)}"} if isinstance(info, dict) else {}
 
 
 # ----------------------------------------------------------------------------- HMDB51
@@ -295,19 +380,38 @@ def load_hmdb51(
     if not files:
         raise DatasetError(f"{ann}: no '<class>_test_split{split}.txt' files")
     classes = [f.name[: -len(f"_test_split{split}.txt")] for f in files]
-    wanted = {"train": {"1"}, "test": {"2"}, "all": {"1", "2"}}[subset]
+    wanted = {"train": {"train"}, "test": {"test"}, "all": {"train", "test"}}[subset]
+    listed = [entry for cls, file in zip(classes, files) for entry in _hmdb_lines(file, cls, video_root)]
+    _check_listed(listed)
+    lookup = {c: i for i, c in enumerate(classes)}
     records = []
-    for label, (cls, file) in enumerate(zip(classes, files)):
-        for n, fields in _lines(file):
-            if len(fields) != 2 or fields[1] not in {"0", "1", "2"}:
-                raise DatasetError(f"{file}:{n}: expected '<video>.avi <0|1|2>', got {' '.join(fields)!r}")
-            if fields[1] in wanted:
-                path = _resolve_video(video_root, f"{cls}/{fields[0]}")
-                if path is None:
-                    raise DatasetError(f"{file}:{n}: video {cls}/{fields[0]} not found under {video_root}")
-                records.append(VideoRecord(str(path), label, _key(path, video_root)))
+    for entry in listed:
+        if entry.part in wanted:
+            path = _resolve_video(video_root, entry.video)
+            if path is None:
+                raise DatasetError(f"{entry.where}: video {entry.video} not found under {video_root}")
+            records.append(VideoRecord(str(path), lookup[entry.label], _key(path, video_root)))
+    _require_videos(records, ann / f"*_test_split{split}.txt", f"the {subset} subset of split {split}")
     records = _with_counts(records, video_root, progress)
     return VideoDataset("hmdb51", str(video_root), classes, records, split, subset)
+
+
+_HMDB_PARTS = {"0": "unused", "1": "train", "2": "test"}
+
+
+def _hmdb_lines(file: Path, cls: str, video_root: Path) -> list[_Listed]:
+    """The lines of one ``<class>_test_splitN.txt`` as listed videos of class ``cls``."""
+    out = []
+    for n, fields in _lines(file):
+        if len(fields) != 2 or fields[1] not in _HMDB_PARTS:
+            raise DatasetError(f"{file}:{n}: expected '<video>.avi <0|1|2>', got {' '.join(fields)!r}")
+        video = _normalise(f"{cls}/{fields[0]}", file, n, video_root)
+        if posixpath.dirname(video) != cls:
+            raise DatasetError(
+                f"{file}:{n}: {fields[0]!r} leaves the folder of class {cls}; a line names a video of this class: '<video>.avi <0|1|2>'"
+            )
+        out.append(_Listed(file, n, video, cls, _HMDB_PARTS[fields[1]]))
+    return out
 
 
 # ----------------------------------------------------------------------------- CSV
@@ -325,49 +429,88 @@ def load_csv(
 
     - Kinetics-style, no header: ``path,label`` or ``path,num_frames,label`` (the frame count
       column is ignored: counts are verified from the files).
-    - Generic, with a header row: a ``path`` column, optional ``label`` and ``split`` columns
-      (``split`` values ``train``/``test`` select with ``subset``).
+    - Generic, with a header row naming some of :data:`CSV_COLUMNS`: ``path`` (required),
+      ``label``, ``split`` (values ``train``/``test``, selected with ``subset``; a list with a
+      ``split`` column must have a ``label`` column) and ``num_frames`` (ignored). Without a
+      ``label`` column every video is unlabelled (label -1), as pretraining lists are.
 
-    Labels are integers (0-based) or class names (then classes are the sorted names, unless
-    ``classes`` is given). Relative paths are relative to ``root`` (default: the CSV's folder).
+    Labels are all integers (0-based) or all class names (then classes are the sorted names,
+    unless ``classes`` is given); classes come from every row, whatever the subset, so train and
+    test map a name to the same index. Relative paths are relative to ``root`` (default: the
+    CSV's folder). A video listed twice, with two labels, or in both train and test raises
+    :class:`DatasetError`, as does a subset with no video.
     """
     if subset not in SUBSETS:
         raise DatasetError(f"subset must be one of {SUBSETS}, got {subset!r}")
     csv_file = Path(csv_file)
     base = Path(root) if root else csv_file.parent
-    rows = _csv_rows(csv_file, subset)
-    raw_labels = [lab for _, _, lab in rows]
-    classes, to_label = _label_mapping(raw_labels, classes, csv_file)
+    rows = _csv_rows(csv_file)
+    classes, to_label = _label_mapping([(n, lab) for n, _, lab, _ in rows if lab is not None], classes, csv_file)
+    paths = {n: Path(os.path.normpath(base / path_text)) for n, path_text, _, _ in rows}
+    _check_listed(_Listed(csv_file, n, _shown(paths[n], base), lab or "", part or "") for n, _, lab, part in rows)
     records = []
-    for n, path_text, lab in rows:
-        path = Path(path_text) if os.path.isabs(path_text) else base / path_text
+    for n, path_text, lab, part in rows:
+        if subset != "all" and part is not None and part != subset:
+            continue
+        path = paths[n]
         if not path.exists():
             raise DatasetError(f"{csv_file}:{n}: video {path_text!r} not found (relative paths are taken from {base})")
-        label = to_label(lab, n)
-        records.append(VideoRecord(str(path), label, _key(path, base) if path.is_relative_to(base) else str(path)))
+        records.append(VideoRecord(str(path), to_label(lab, n), _key(path, base) if path.is_relative_to(base) else str(path)))
+    _require_videos(records, csv_file, f"subset {subset!r}")
     records = _with_counts(records, base, progress)
     return VideoDataset(csv_file.stem, str(base), classes, records, None, subset)
 
 
-def _csv_rows(file: Path, subset: str) -> list[tuple[int, str, str | None]]:
+def _shown(path: Path, base: Path) -> str:
+    return str(path.relative_to(base)) if path.is_relative_to(base) else str(path)
+
+
+_Row = tuple[int, str, str | None, str | None]  # (line, path, label or None, split or None)
+
+
+def _csv_rows(file: Path) -> list[_Row]:
+    """Every row of a CSV list, header checked; the first row is a header when it names a column."""
     with open(file, newline="", encoding="utf-8-sig") as f:
         rows = [(n, [c.strip() for c in row]) for n, row in enumerate(csv.reader(f), 1) if any(c.strip() for c in row)]
     if not rows:
         raise DatasetError(f"{file}: empty CSV")
     header = [c.lower() for c in rows[0][1]]
-    if "path" in header:
-        return _generic_rows(file, header, rows[1:], subset)
+    if set(header) & set(CSV_COLUMNS):
+        return _generic_rows(file, rows[0][0], header, rows[1:])
     out = []
     for n, row in rows:
         if len(row) not in (2, 3):
             raise DatasetError(f"{file}:{n}: expected 'path,label' or 'path,num_frames,label', got {len(row)} columns")
-        if len(row) == 3 and not row[1].isdigit():
-            raise DatasetError(f"{file}:{n}: num_frames must be an integer, got {row[1]!r}")
-        out.append((n, row[0], row[-1]))
+        if len(row) == 3:
+            _check_frame_count(file, n, row[1])
+        out.append((n, row[0], row[-1], None))
     return out
 
 
-def _generic_rows(file: Path, header: list[str], rows, subset: str) -> list[tuple[int, str, str | None]]:
+def _check_header(file: Path, n: int, header: list[str]) -> None:
+    valid = f"valid columns are {', '.join(CSV_COLUMNS)} (path required; label required with split)"
+    unknown = [c for c in header if c not in CSV_COLUMNS]
+    if unknown:
+        raise DatasetError(f"{file}:{n}: unknown column(s) {', '.join(map(repr, unknown))} in the header; {valid}")
+    repeated = sorted({c for c in header if header.count(c) > 1})
+    if repeated:
+        raise DatasetError(f"{file}:{n}: column(s) {', '.join(map(repr, repeated))} appear twice in the header; {valid}")
+    if "path" not in header:
+        raise DatasetError(f"{file}:{n}: the header has no 'path' column; {valid}")
+    if "split" in header and "label" not in header:
+        raise DatasetError(
+            f"{file}:{n}: the header has a 'split' column but no 'label' column "
+            f"(train/test lists are for evaluation, which needs labels); {valid}"
+        )
+
+
+def _check_frame_count(file: Path, n: int, text: str) -> None:
+    if not text.isdigit():
+        raise DatasetError(f"{file}:{n}: num_frames must be an integer, got {text!r}")
+
+
+def _generic_rows(file: Path, header_line: int, header: list[str], rows) -> list[_Row]:
+    _check_header(file, header_line, header)
     col = {name: i for i, name in enumerate(header)}
     out = []
     for n, row in rows:
@@ -375,27 +518,47 @@ def _generic_rows(file: Path, header: list[str], rows, subset: str) -> list[tupl
             raise DatasetError(f"{file}:{n}: expected {len(header)} columns ({','.join(header)}), got {len(row)}")
         if "split" in col and row[col["split"]] not in ("train", "test"):
             raise DatasetError(f"{file}:{n}: split must be 'train' or 'test', got {row[col['split']]!r}")
-        if subset != "all" and "split" in col and row[col["split"]] != subset:
-            continue
-        out.append((n, row[col["path"]], row[col["label"]] if "label" in col else None))
+        if "num_frames" in col:
+            _check_frame_count(file, n, row[col["num_frames"]])
+        label = row[col["label"]] if "label" in col else None
+        out.append((n, row[col["path"]], label, row[col["split"]] if "split" in col else None))
     return out
 
 
-def _label_mapping(raw: list[str | None], classes: list[str] | None, file: Path):
-    present = [r for r in raw if r is not None]
-    if not present:
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def _label_kinds(labels: list[tuple[int, str]], file: Path) -> bool:
+    """True when every label is an integer >= 0, False when every label is a class name.
+
+    Anything else raises, naming the line: a number that is not a whole non-negative integer
+    (``1.0``, ``-1``), or integers mixed with names (sorted as text they would scramble the class
+    indices: ``0, 1, 10, 11, 2, ...``).
+    """
+    for n, lab in labels:
+        if _NUMBER.fullmatch(lab) and not lab.isdigit():
+            raise DatasetError(f"{file}:{n}: label {lab!r} is not an integer >= 0; integer labels are 0, 1, 2, ... (or use class names throughout)")
+    first_n, first = labels[0]
+    for n, lab in labels:
+        if lab.isdigit() != first.isdigit():
+            kind = ("an integer", "a class name") if lab.isdigit() else ("a class name", "an integer")
+            raise DatasetError(
+                f"{file}:{n}: label {lab!r} is {kind[0]}, but label {first!r} at line {first_n} is {kind[1]}; "
+                "labels must be all integers or all class names"
+            )
+    return first.isdigit()
+
+
+def _label_mapping(labels: list[tuple[int, str]], classes: list[str] | None, file: Path):
+    """(classes, label function) for the (line, label) of every labelled row."""
+    if not labels:
         return classes or [], lambda lab, n: -1
-    if classes is None and all(r.lstrip("-").isdigit() for r in present):
-        k = max(int(r) for r in present) + 1
-        classes = [str(i) for i in range(k)]
-
-        def to_int(lab, n):
-            if int(lab) < 0:
-                raise DatasetError(f"{file}:{n}: labels must be >= 0, got {lab}")
-            return int(lab)
-
-        return classes, to_int
-    classes = classes or sorted(set(present))
+    for n, lab in labels:
+        if not lab:
+            raise DatasetError(f"{file}:{n}: empty label; every row needs a label: an integer >= 0 or a class name")
+    if classes is None and _label_kinds(labels, file):
+        return [str(i) for i in range(max(int(lab) for _, lab in labels) + 1)], lambda lab, n: int(lab)
+    classes = classes or sorted({lab for _, lab in labels})
     lookup = {c: i for i, c in enumerate(classes)}
 
     def to_label(lab, n):

@@ -8,12 +8,14 @@ augmentation happen on the device (:mod:`harness.data.transforms`), never in the
 Randomness is a function of (seed, epoch, video index), so a batch does not depend on which
 worker produced it, and a resumed run draws the same clips as an uninterrupted one.
 
-Undecodable videos. Workers never raise for them: a video that raises
+Unusable videos. Workers never raise for them: a video that raises
 :class:`~harness.data.video.CorruptVideo` comes back in its batch's ``skipped`` list (torch
 re-raises worker exceptions through a one-argument constructor, which would lose the file's
-name). In training the :class:`VideoLoader` drops it, counts it and names it once in a warning
+name). So does a video with fewer frames than the clips need (``"too short: N frames < M
+needed"``; :func:`~harness.data.sampling.frames_needed`): looping it would silently change the
+data. In training the :class:`VideoLoader` drops it, counts it and names it once in a warning
 (:attr:`VideoLoader.skipped`); in evaluation (``strict``) it raises ``CorruptVideo`` with the
-file's name in the main process: evaluation never replaces one video by another.
+file's name and the reason in the main process: evaluation never alters or replaces a video.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from harness.data.datasets import VideoDataset
-from harness.data.sampling import ClipSpec, build_sampler, uniform_clips
+from harness.data.sampling import ClipSpec, build_sampler, clip_span, frames_needed, uniform_clips
 from harness.data.video import CorruptVideo, read_frames
 
 log = logging.getLogger(__name__)
@@ -71,6 +73,11 @@ class ClipDataset(Dataset):
         self.strict = strict
         # built now so that an unknown name or missing sampler data fails before any worker starts
         self._sampler = build_sampler(request.sampler, videos, request) if request.mode == "random" else None
+        spec = request.spec  # a video with fewer frames than `needed` would have to be looped
+        if request.mode == "uniform":
+            self.needed = clip_span(spec.frames, _fixed(spec.stride))
+        else:
+            self.needed = frames_needed(request.sampler, spec)
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_sampler": None}  # samplers may be closures: rebuilt in the worker
@@ -79,8 +86,11 @@ class ClipDataset(Dataset):
         return len(self.videos)
 
     def frame_indices(self, index: int, epoch: int) -> np.ndarray:
-        """(clips, frames) indices for video ``index`` in ``epoch``."""
+        """(clips, frames) indices for video ``index`` in ``epoch``; ``CorruptVideo`` for a video
+        with fewer frames than :attr:`needed`, which would have to be looped."""
         rec, spec = self.videos[index], self.request.spec
+        if rec.num_frames < self.needed:
+            raise CorruptVideo(rec.path, f"too short: {rec.num_frames} frames < {self.needed} needed")
         if self.request.mode == "uniform":
             return uniform_clips(rec.num_frames, spec.frames, spec.clips, _fixed(spec.stride), spec.short)
         if self._sampler is None:
@@ -166,8 +176,8 @@ class EpochSampler(Sampler):
 
 
 class VideoLoader:
-    """A DataLoader over clips that drops, counts and names undecodable videos in training, and
-    raises ``CorruptVideo`` for them in evaluation (``strict``)."""
+    """A DataLoader over clips that drops, counts and names undecodable or too-short videos in
+    training, and raises ``CorruptVideo`` for them in evaluation (``strict``)."""
 
     def __init__(self, loader: DataLoader, sampler: EpochSampler, *, strict: bool = False):
         self.loader = loader
@@ -187,7 +197,7 @@ class VideoLoader:
                 raise CorruptVideo(*batch["skipped"][0])
             for path, reason in batch["skipped"]:
                 if path not in self.skipped:
-                    log.warning("skipping undecodable video %s: %s", path, reason)
+                    log.warning("skipping unusable video %s: %s", path, reason)
                     self.skipped[path] = reason
             if "index" in batch:  # at least one video of the batch decoded
                 yield batch

@@ -16,11 +16,15 @@ Training samplers are looked up by name (``DataSpec.sampler``) in a registry:
 :func:`register_sampler` decorates a factory ``factory(videos, request) -> sampler`` and the
 loader calls ``sampler(video_index, num_frames, spec, rng)``. A factory sees the data set and the
 load request, so a sampler can read per-video data prepared offline (MSCL's motion-screened
-starts, :mod:`harness.data.mds`).
+starts, :mod:`harness.data.mds`). Each sampler also states how many frames its window needs
+(:func:`frames_needed`).
 
-A clip spans ``(frames - 1) * stride + 1`` frames. When a video is shorter than that, indices
-either loop around (``short="loop"``, the default, as VCOP and mmaction do) or repeat the last
-frame (``short="clamp"``).
+A clip spans ``(frames - 1) * stride + 1`` frames. The loader never hands a sampler a video
+shorter than the sampler's window: training skips and names such a video, evaluation refuses it
+(:mod:`harness.data.loader`), because looping or clamping it would silently change the data.
+The samplers' own ``short`` policy (loop around, ``short="loop"``, as VCOP and mmaction do, or
+repeat the last frame, ``short="clamp"``) applies to direct calls and to indices a sampler aims
+past the end of a long enough video (MSCL's key clip).
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ class ClipSpec:
     frames: int = 16
     stride: Stride = 1  # a fixed stride, or a (min, max) range drawn uniformly per clip
     clips: int = 1
-    short: str = "loop"
+    short: str = "loop"  # indices past the end: "loop" or "clamp" (the loader refuses videos shorter than the window)
 
     def __post_init__(self) -> None:
         if self.frames < 1 or self.clips < 1:
@@ -173,20 +177,40 @@ def _fixed_stride(stride: Stride) -> float:
 
 ClipSampler = Callable[[int, int, ClipSpec, np.random.Generator], np.ndarray]
 SamplerFactory = Callable[["VideoDataset", "LoadRequest"], ClipSampler]
+Needs = Callable[[ClipSpec], int]
 _SAMPLERS: dict[str, SamplerFactory] = {}
+_NEEDS: dict[str, Needs] = {}
 _SAMPLER_MODULES = ("harness.data.mds",)  # modules that register further samplers when imported
 
 
-def register_sampler(name: str) -> Callable[[SamplerFactory], SamplerFactory]:
-    """Decorator: make ``factory(videos, request) -> sampler`` available as ``DataSpec.sampler = name``."""
+def one_clip_span(spec: ClipSpec) -> int:
+    """Frames one clip of ``spec`` covers at its smallest stride: what most samplers need."""
+    return clip_span(spec.frames, stride_range(spec.stride)[0])
+
+
+def register_sampler(name: str, needs: Needs = one_clip_span) -> Callable[[SamplerFactory], SamplerFactory]:
+    """Decorator: make ``factory(videos, request) -> sampler`` available as ``DataSpec.sampler = name``.
+
+    ``needs(spec)`` is the fewest frames a video must hold for the sampler's window to fit
+    without looping (default: one clip at the smallest stride).
+    """
 
     def add(factory: SamplerFactory) -> SamplerFactory:
         if name in _SAMPLERS and _SAMPLERS[name] is not factory:
             raise ValueError(f"sampler name {name!r} is already registered")
         _SAMPLERS[name] = factory
+        _NEEDS[name] = needs
         return factory
 
     return add
+
+
+def frames_needed(name: str | None, spec: ClipSpec) -> int:
+    """The fewest frames a video needs for the training sampler ``name`` (None = "random") and ``spec``."""
+    name = name or "random"
+    if name not in list_samplers():
+        raise KeyError(f"unknown clip sampler {name!r}; registered samplers: {', '.join(list_samplers())}")
+    return _NEEDS[name](spec)
 
 
 def list_samplers() -> list[str]:
@@ -209,7 +233,7 @@ def _random_factory(videos, request) -> ClipSampler:
     return lambda index, num_frames, spec, rng: random_clips(num_frames, spec, rng)
 
 
-@register_sampler("overview")
+@register_sampler("overview", needs=lambda spec: clip_span(2 * spec.frames, stride_range(spec.stride)[0]))
 def _overview_factory(videos, request) -> ClipSampler:
     def sample(index: int, num_frames: int, spec: ClipSpec, rng: np.random.Generator) -> np.ndarray:
         if spec.clips != 3:

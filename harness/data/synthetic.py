@@ -1,33 +1,44 @@
-"""MotionShapes: a generated video data set where the class is the motion, never the appearance.
+"""MotionShapes (generator version 2): a generated video data set where the class is the motion.
 
 MotionShapes stands in for UCF101 when testing what self-supervised video methods claim to
 learn. Every video shows a random textured background (optionally drifting slowly in a random
 direction) and one or more objects of random shape, colour and size. The *class* is the
-motion pattern of the objects (move left/right/up/down, rotate, grow/shrink, orbit,
-oscillate); background family, texture parameters, object shape, colour and size are drawn
-from a random stream that never looks at the class. A model that only learns appearance is
-therefore at chance, and a model that learns motion can reach (near) 100%.
+motion pattern of the objects; nothing else predicts it, in the train split or the test split:
+
+- **Appearance is drawn per group and shared by every class of that group.** Background family,
+  texture, object count, shapes, colours and sizes come from ``(seed, group)`` only, so within
+  any split each look appears once under every class and says nothing about the class. (Version
+  1 drew the look per (class, group): inside the training split every look named its class, and a
+  supervised network memorised looks instead of motion.)
+- **Every class survives a horizontal flip.** Paper recipes flip clips at random; version 1 had
+  left/right, clockwise/counter-clockwise pairs that a flip turns into each other. Version 2
+  has direction-free classes for those (``MoveHorizontal``, ``Rotate``, ``Orbit``: the direction
+  is drawn per object), so a flipped clip keeps its label. ``MoveUp``/``MoveDown`` and
+  ``Grow``/``Shrink`` are time reversals of each other (a vertical flip also swaps the first pair):
+  the methods that claim temporal-order sensitivity can show it on them.
+- ``motionshapes.json`` states these symmetries (:func:`symmetries`) and the generator version;
+  the harness reads them (:mod:`harness.data.symmetry`) and refuses a labelled recipe that
+  flips a data set whose labels a flip changes.
 
 The layout on disk is exactly UCF101's (``UCF-101/<Class>/v_<Class>_gXX_cYY.avi`` plus
-``ucfTrainTestlist/``), with group-based splits: all clips of one (class, group) share the
-background texture and object appearance (like UCF101's same actor and scene) and differ in
-start positions, speeds and phases, and a split never puts one group on both sides.
+``ucfTrainTestlist/``), with group-based splits: all clips of one group share the background
+texture and object appearance (like UCF101's same actor and scene) and differ in start
+positions, speeds, phases and directions, and a split never puts one group on both sides.
 
 Scene-bias mode (``scene_bias = p``) ties the background family to the class
-(``family = class_index % F``) with probability ``p`` in the train groups of split 1, while
-test groups keep random families. ``motionshapes_meta.csv`` marks every video
-``bias_aligned`` when its family equals its class's tied family, so a probe can measure the
+(``family = class_index % F``) with probability ``p`` per (class, group) in the train groups of
+split 1, while test groups keep their group's family. ``motionshapes_meta.csv`` marks every
+video ``bias_aligned`` when its family equals its class's tied family, so a probe can measure the
 accuracy gap between bias-aligned and bias-conflicting test videos: the size of a method's
 static (scene) bias.
 
-Determinism: the appearance of (class c, group g) comes from
-``np.random.default_rng([seed, c, g])`` and the motion of clip k from
-``np.random.default_rng([seed, c, g, k])`` (g and k 1-based as in the file names), so the
+Determinism: the appearance of group g comes from ``np.random.default_rng([seed, VERSION, g])``
+(scene bias from ``[seed, VERSION, g, c]``) and the motion of clip k of class c from
+``np.random.default_rng([seed, VERSION, c, g, k])`` (g and k 1-based as in the file names), so the
 frames are bit-for-bit reproducible from the seed whatever the worker count or order.
 
 Conventions: image coordinates, x to the right and y *down*; angles in degrees measured from
-the +x axis towards +y, so an increasing angle turns *clockwise on screen*. ``RotateClockwise``
-and ``OrbitClockwise`` increase their angle over time.
+the +x axis towards +y, so an increasing angle turns *clockwise on screen*.
 """
 
 from __future__ import annotations
@@ -49,22 +60,34 @@ from tqdm.auto import tqdm
 
 import harness
 from harness.data.video import write_video as encode_video
+from harness.io import pid_alive as _pid_alive
 from harness.io import write_text_atomic
 
+GENERATOR_VERSION = 2  # part of motionshapes.json and of the data's fingerprint: versions never mix
 CLASS_NAMES: tuple[str, ...] = (
-    "MoveLeft",
-    "MoveRight",
+    "MoveHorizontal",  # left or right (drawn per object): a flip keeps the label
     "MoveUp",
     "MoveDown",
-    "RotateClockwise",
-    "RotateCounterclockwise",
+    "Rotate",  # either way (drawn per object)
     "Grow",
     "Shrink",
-    "OrbitClockwise",
-    "OrbitCounterclockwise",
+    "Orbit",  # either way (drawn per object)
     "OscillateHorizontal",
     "OscillateVertical",
+    "Pulse",  # the size swells and shrinks periodically
+    "Shake",  # the position jitters at random around a fixed point
+    "Still",  # nothing moves
 )
+# What a class's motion is made of: the kind selects the sampler and the pose function.
+CLASS_KINDS: dict[str, str] = {
+    "MoveHorizontal": "Move", "MoveUp": "Move", "MoveDown": "Move", "Rotate": "Rotate", "Grow": "Grow",
+    "Shrink": "Shrink", "Orbit": "Orbit", "OscillateHorizontal": "Oscillate", "OscillateVertical": "Oscillate",
+    "Pulse": "Pulse", "Shake": "Shake", "Still": "Still",
+}
+# Class pairs that a transform turns into each other (every other class is mapped to itself).
+HFLIP_PAIRS: tuple[tuple[str, str], ...] = ()
+VFLIP_PAIRS: tuple[tuple[str, str], ...] = (("MoveUp", "MoveDown"),)
+TIME_REVERSAL_PAIRS: tuple[tuple[str, str], ...] = (("MoveUp", "MoveDown"), ("Grow", "Shrink"))
 BACKGROUND_FAMILIES: tuple[str, ...] = ("stripes", "checkerboard", "blobs", "gradient", "dots", "noise")
 SHAPES: tuple[str, ...] = ("circle", "ellipse", "square", "triangle", "pentagon", "hexagon", "star", "cross")
 MIN_WINDOW_FRAMES = 32  # later methods sample 32-frame windows: no video is shorter (if frames >= 32)
@@ -82,6 +105,9 @@ MOTION_UNITS = {
     "Shrink": "ln(scale)/frame",
     "Orbit": "deg/frame",
     "Oscillate": "deg/frame",
+    "Pulse": "deg/frame",
+    "Shake": "px",
+    "Still": "-",
 }
 
 
@@ -116,6 +142,9 @@ class MotionShapesConfig:
     orbit_speed: tuple[float, float] = (5.0, 12.0)  # degrees per frame
     oscillate_amplitude: tuple[float, float] = (0.15, 0.28)
     oscillate_period: tuple[float, float] = (12.0, 24.0)  # frames per cycle
+    pulse_amplitude: tuple[float, float] = (0.25, 0.4)  # ln(scale) amplitude of Pulse's size swing
+    pulse_period: tuple[float, float] = (12.0, 24.0)  # frames per cycle
+    shake_amplitude: tuple[float, float] = (0.02, 0.04)  # largest per-axis jitter of Shake
     drift_speed: tuple[float, float] = (0.002, 0.005)  # background drift, fraction per frame
     bit_rate: int | None = None  # MPEG-4 bit rate in bit/s; None: scaled to the frame size (_bit_rate)
 
@@ -159,6 +188,9 @@ _RANGE_LIMITS = {  # field -> largest allowed value (all must be > 0)
     "orbit_speed": 90.0,
     "oscillate_amplitude": 0.5,
     "oscillate_period": 1000.0,
+    "pulse_amplitude": 2.0,
+    "pulse_period": 1000.0,
+    "shake_amplitude": 0.5,
     "drift_speed": 0.1,
 }
 
@@ -179,9 +211,17 @@ def _check_range(name: str, value: object, hi: float) -> None:
         raise ValueError(f"MotionShapesConfig.{name} must be a tuple (low, high) with 0 < low <= high <= {hi}, got {value!r}")
 
 
+# ``bench``: the CPU benchmark (``make bench``). 32x32 frames seen whole at 32 px, one object of 7-10 px
+# radius moving 2-3 px per frame (so motion survives the small size); 56 groups (16 held out per
+# split) of 2 clips give 960 training and 384 test videos with 40 different training looks.
+BENCH = MotionShapesConfig(groups=56, clips_per_group=2, frames=32, height=32, width=32, max_objects=1, object_radius=(0.22, 0.3),
+                           move_speed=(0.07, 0.09), rotate_speed=(25.0, 40.0), grow_rate=(0.08, 0.12), orbit_speed=(18.0, 28.0),
+                           oscillate_period=(10.0, 16.0), pulse_amplitude=(0.3, 0.45), pulse_period=(10.0, 16.0),
+                           shake_amplitude=(0.08, 0.12))
 PRESETS: dict[str, MotionShapesConfig] = {
     "tiny": MotionShapesConfig(groups=4, clips_per_group=1, frames=32, height=64, width=86),
     "small": MotionShapesConfig(groups=8, clips_per_group=2, frames=48, height=96, width=128),
+    "bench": BENCH,
     "standard": MotionShapesConfig(groups=25, clips_per_group=8, frames=64, height=128, width=171),
 }
 
@@ -203,7 +243,8 @@ class ObjectLook:
 
 @dataclass(frozen=True)
 class Appearance:
-    """Background and objects of a (class, group), drawn independently of the class."""
+    """Background and objects of a group (shared by its classes); the class moves only the
+    background family, and only in scene-bias mode."""
 
     family: int  # index into BACKGROUND_FAMILIES
     bias_aligned: bool  # family == class_index % len(BACKGROUND_FAMILIES)
@@ -221,11 +262,13 @@ class ObjectMotion:
     """How one object moves in one clip; ``rate``'s unit depends on the class (MOTION_UNITS)."""
 
     rate: float
-    center: tuple[float, float]  # start / rotation / orbit / oscillation centre (x, y) in px
-    amplitude: float  # orbit radius or oscillation amplitude in px; 0 for other classes
-    phase: float  # orbit angle or oscillation phase (deg); ln-scale offset for Grow/Shrink
+    center: tuple[float, float]  # start / rotation / orbit / oscillation / shake centre (x, y) in px
+    amplitude: float  # orbit radius, oscillation or shake amplitude in px; ln-scale swing for Pulse; else 0
+    phase: float  # orbit angle or oscillation / pulse phase (deg); ln-scale offset for Grow/Shrink
     angle: float  # initial orientation (deg)
     log_scale: float  # ln of the static scale (classes other than Grow/Shrink)
+    direction: int = 1  # +1 or -1: MoveHorizontal right/left, Rotate/Orbit clockwise/counter-clockwise
+    jitter_seed: int = 0  # Shake's per-frame offsets come from default_rng([jitter_seed, t])
 
 
 @dataclass(frozen=True)
@@ -267,15 +310,13 @@ def _check_video_index(config: MotionShapesConfig, class_index: int, group: int,
 
 
 def sample_appearance(config: MotionShapesConfig, class_index: int, group: int) -> Appearance:
-    """The background and object appearance of (class, group); uses the class only for scene bias.
-
-    The draws happen in a fixed order, so scene_bias changes the family and nothing else.
-    """
+    """The background and object appearance of (class, group): the group's look, the same for
+    every class; the class changes only the background family, and only in scene-bias mode."""
     _check_video_index(config, class_index, group)
-    rng = np.random.default_rng([config.seed, class_index, group])
-    u_bias, random_family = rng.random(), int(rng.integers(len(BACKGROUND_FAMILIES)))
+    rng = np.random.default_rng([config.seed, GENERATOR_VERSION, group])
+    family = int(rng.integers(len(BACKGROUND_FAMILIES)))
     texture_seed, color_seed, object_seed = (int(s) for s in rng.integers(0, 2**62, size=3))
-    family = random_family
+    u_bias = np.random.default_rng([config.seed, GENERATOR_VERSION, group, class_index]).random()
     if u_bias < config.scene_bias and group not in split_test_groups(config.groups, 1):
         family = class_family(class_index)
     colors = _background_colors(np.random.default_rng(color_seed))
@@ -340,7 +381,7 @@ def sample_motion(config: MotionShapesConfig, class_index: int, group: int, clip
     """The motion draws of one clip: frame count, background drift and one motion per object."""
     _check_video_index(config, class_index, group, clip)
     look = sample_appearance(config, class_index, group)
-    rng = np.random.default_rng([config.seed, class_index, group, clip])
+    rng = np.random.default_rng([config.seed, GENERATOR_VERSION, class_index, group, clip])
     frames = _frame_count(rng, config)
     drift_angle, drift_speed = rng.uniform(0, 2 * math.pi), rng.uniform(*config.drift_speed)
     speed = drift_speed * min(config.height, config.width) if config.background_drift else 0.0
@@ -351,14 +392,18 @@ def sample_motion(config: MotionShapesConfig, class_index: int, group: int, clip
 
 
 def _kind(class_name: str) -> str:
-    for kind in MOTION_UNITS:
-        if class_name.startswith(kind):
-            return kind
-    raise AssertionError(class_name)
+    return CLASS_KINDS[class_name]
+
+
+def _direction(rng: np.random.Generator) -> int:
+    return 1 if rng.random() < 0.5 else -1
 
 
 def _fit(rng: np.random.Generator, margin: float, extent: float) -> float:
-    """A uniform coordinate that keeps ``margin`` px from both borders (the middle if impossible)."""
+    """A uniform coordinate that keeps ``margin`` px from both borders (the middle if impossible).
+
+    Object centres keep no margin for their own radius: every class shows objects cut by the
+    frame's border as often as the wrapping Move classes do, so a cut object is no class cue."""
     if 2 * margin >= extent:
         return extent / 2.0
     return float(rng.uniform(margin, extent - margin))
@@ -373,54 +418,75 @@ def _common(rng: np.random.Generator, config: MotionShapesConfig) -> tuple[float
 def _sample_move(rng: np.random.Generator, config: MotionShapesConfig, name: str, radius: float, frames: int) -> ObjectMotion:
     angle, log_scale = _common(rng, config)
     r = radius * math.exp(log_scale)
-    horizontal = name in ("MoveLeft", "MoveRight")
+    direction = _direction(rng) if name == "MoveHorizontal" else (1 if name == "MoveDown" else -1)
+    horizontal = name == "MoveHorizontal"
     extent, across = (config.width, config.height) if horizontal else (config.height, config.width)
     speed = rng.uniform(*config.move_speed) * extent
     travel = speed * (frames - 1)
     if travel <= extent - 2 * r:  # the whole path fits: no wrap-around needed
         start = rng.uniform(r, extent - r - travel)
-        start = start if name in ("MoveRight", "MoveDown") else extent - start
+        start = start if direction > 0 else extent - start
     else:  # wrap around: leave on one side, come back on the other
         start = rng.uniform(-r, extent + r)
-    other = _fit(rng, r, across)
+    other = _fit(rng, 0.0, across)
     center = (start, other) if horizontal else (other, start)
-    return ObjectMotion(float(speed), (float(center[0]), float(center[1])), 0.0, 0.0, angle, log_scale)
+    return ObjectMotion(float(speed), (float(center[0]), float(center[1])), 0.0, 0.0, angle, log_scale, direction)
 
 
 def _sample_rotate(rng: np.random.Generator, config: MotionShapesConfig, name: str, radius: float, frames: int) -> ObjectMotion:
     angle, log_scale = _common(rng, config)
-    r = radius * math.exp(log_scale)
-    center = (_fit(rng, r, config.width), _fit(rng, r, config.height))
-    return ObjectMotion(float(rng.uniform(*config.rotate_speed)), center, 0.0, 0.0, angle, log_scale)
+    center = (_fit(rng, 0.0, config.width), _fit(rng, 0.0, config.height))
+    return ObjectMotion(float(rng.uniform(*config.rotate_speed)), center, 0.0, 0.0, angle, log_scale, _direction(rng))
 
 
 def _sample_grow(rng: np.random.Generator, config: MotionShapesConfig, name: str, radius: float, frames: int) -> ObjectMotion:
     angle, log_scale = _common(rng, config)
     lo, hi = np.log(config.object_scale)
     phase = float(rng.uniform(0.0, hi - lo)) if hi > lo else 0.0
-    r = radius * config.object_scale[1]
-    center = (_fit(rng, r, config.width), _fit(rng, r, config.height))
+    center = (_fit(rng, 0.0, config.width), _fit(rng, 0.0, config.height))
     return ObjectMotion(float(rng.uniform(*config.grow_rate)), center, 0.0, phase, angle, log_scale)
 
 
 def _sample_orbit(rng: np.random.Generator, config: MotionShapesConfig, name: str, radius: float, frames: int) -> ObjectMotion:
     angle, log_scale = _common(rng, config)
-    r = radius * math.exp(log_scale)
     amp = rng.uniform(*config.orbit_radius) * min(config.height, config.width)
-    center = (_fit(rng, amp + r, config.width), _fit(rng, amp + r, config.height))
+    center = (_fit(rng, amp, config.width), _fit(rng, amp, config.height))
     phase, speed = rng.uniform(0.0, 360.0), rng.uniform(*config.orbit_speed)
-    return ObjectMotion(float(speed), center, float(amp), float(phase), angle, log_scale)
+    return ObjectMotion(float(speed), center, float(amp), float(phase), angle, log_scale, _direction(rng))
 
 
 def _sample_oscillate(rng: np.random.Generator, config: MotionShapesConfig, name: str, radius: float, frames: int) -> ObjectMotion:
     angle, log_scale = _common(rng, config)
-    r = radius * math.exp(log_scale)
     amp = rng.uniform(*config.oscillate_amplitude) * min(config.height, config.width)
     horizontal = name == "OscillateHorizontal"
-    x = _fit(rng, r + (amp if horizontal else 0.0), config.width)
-    y = _fit(rng, r + (0.0 if horizontal else amp), config.height)
+    x = _fit(rng, amp if horizontal else 0.0, config.width)
+    y = _fit(rng, 0.0 if horizontal else amp, config.height)
     phase, period = rng.uniform(0.0, 360.0), rng.uniform(*config.oscillate_period)
     return ObjectMotion(360.0 / float(period), (x, y), float(amp), float(phase), angle, log_scale)
+
+
+def _sample_pulse(rng: np.random.Generator, config: MotionShapesConfig, name: str, radius: float, frames: int) -> ObjectMotion:
+    """A size swing ``log_scale + amplitude * sin(phase + rate * t)`` kept inside object_scale."""
+    angle, _ = _common(rng, config)
+    lo, hi = np.log(config.object_scale)
+    amp = min(float(rng.uniform(*config.pulse_amplitude)), (hi - lo) / 2)
+    log_scale = float(rng.uniform(lo + amp, hi - amp))
+    center = (_fit(rng, 0.0, config.width), _fit(rng, 0.0, config.height))
+    phase, period = rng.uniform(0.0, 360.0), rng.uniform(*config.pulse_period)
+    return ObjectMotion(360.0 / float(period), center, amp, float(phase), angle, log_scale)
+
+
+def _sample_shake(rng: np.random.Generator, config: MotionShapesConfig, name: str, radius: float, frames: int) -> ObjectMotion:
+    angle, log_scale = _common(rng, config)
+    amp = rng.uniform(*config.shake_amplitude) * min(config.height, config.width)
+    center = (_fit(rng, amp, config.width), _fit(rng, amp, config.height))
+    return ObjectMotion(float(amp), center, float(amp), 0.0, angle, log_scale, jitter_seed=int(rng.integers(0, 2**62)))
+
+
+def _sample_still(rng: np.random.Generator, config: MotionShapesConfig, name: str, radius: float, frames: int) -> ObjectMotion:
+    angle, log_scale = _common(rng, config)
+    center = (_fit(rng, 0.0, config.width), _fit(rng, 0.0, config.height))
+    return ObjectMotion(0.0, center, 0.0, 0.0, angle, log_scale)
 
 
 _MOTION_SAMPLERS = {
@@ -430,6 +496,9 @@ _MOTION_SAMPLERS = {
     "Shrink": _sample_grow,
     "Orbit": _sample_orbit,
     "Oscillate": _sample_oscillate,
+    "Pulse": _sample_pulse,
+    "Shake": _sample_shake,
+    "Still": _sample_still,
 }
 
 
@@ -446,24 +515,28 @@ def object_pose(config: MotionShapesConfig, class_name: str, motion: ObjectMotio
     if kind == "Move":
         x, y = _move(config, class_name, motion, radius * scale, t)
     elif kind == "Rotate":
-        angle += motion.rate * t * (1 if class_name == "RotateClockwise" else -1)
+        angle += motion.rate * t * motion.direction
     elif kind in ("Grow", "Shrink"):
         scale = _sawtooth_scale(config, motion, t if kind == "Grow" else -t)
     elif kind == "Orbit":
-        phi = math.radians(motion.phase + motion.rate * t * (1 if class_name == "OrbitClockwise" else -1))
+        phi = math.radians(motion.phase + motion.rate * t * motion.direction)
         x, y = x + motion.amplitude * math.cos(phi), y + motion.amplitude * math.sin(phi)
-    else:
+    elif kind == "Oscillate":
         offset = motion.amplitude * math.sin(math.radians(motion.phase + motion.rate * t))
         x, y = (x + offset, y) if class_name == "OscillateHorizontal" else (x, y + offset)
+    elif kind == "Pulse":
+        scale = math.exp(motion.log_scale + motion.amplitude * math.sin(math.radians(motion.phase + motion.rate * t)))
+    elif kind == "Shake":
+        dx, dy = np.random.default_rng([motion.jitter_seed, t]).uniform(-motion.amplitude, motion.amplitude, 2)
+        x, y = x + float(dx), y + float(dy)
     return x, y, angle, scale
 
 
 def _move(config: MotionShapesConfig, name: str, motion: ObjectMotion, r: float, t: int) -> tuple[float, float]:
-    sign = 1.0 if name in ("MoveRight", "MoveDown") else -1.0
-    horizontal = name in ("MoveLeft", "MoveRight")
+    horizontal = name == "MoveHorizontal"
     extent = config.width if horizontal else config.height
     start = motion.center[0] if horizontal else motion.center[1]
-    pos = (start + sign * motion.rate * t + r) % (extent + 2 * r) - r  # wraps in [-r, extent + r)
+    pos = (start + motion.direction * motion.rate * t + r) % (extent + 2 * r) - r  # wraps in [-r, extent + r)
     return (pos, motion.center[1]) if horizontal else (motion.center[0], pos)
 
 
@@ -667,16 +740,6 @@ def _remove_stale_temp_files(root: pathlib.Path) -> None:
             tmp.unlink(missing_ok=True)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # e.g. PermissionError: exists, owned by someone else
-        return True
-    return True
-
-
 def video_records(config: MotionShapesConfig) -> list[dict]:
     """One metadata row per video (no rendering): the content of motionshapes_meta.csv."""
     test1 = split_test_groups(config.groups, 1)
@@ -781,14 +844,35 @@ def generate_motionshapes(
     return out
 
 
+def symmetries(classes: tuple[str, ...] | list[str]) -> dict:
+    """What transforms do to the labels of these classes (written to motionshapes.json).
+
+    ``label_preserving``: transforms that keep every label; ``<transform>_pairs``: the class
+    pairs a transform swaps (absent pairs: the class is mapped to itself)."""
+    present = set(classes)
+
+    def pairs(all_pairs):
+        return [list(p) for p in all_pairs if set(p) <= present]
+
+    table = {"hflip_pairs": pairs(HFLIP_PAIRS), "vflip_pairs": pairs(VFLIP_PAIRS), "time_reversal_pairs": pairs(TIME_REVERSAL_PAIRS)}
+    table["label_preserving"] = [name for name in ("hflip", "vflip", "time_reversal") if not table[f"{name}_pairs"]]
+    return table
+
+
 def _check_same_config(out: pathlib.Path, config: MotionShapesConfig) -> None:
-    """Refuses to resume into a folder generated with another config (it would mix two data sets)."""
+    """Refuses to resume into a folder generated with another config or generator version (it
+    would mix two data sets)."""
     try:
-        previous = json.loads((out / CONFIG_FILE).read_text(encoding="utf-8"))["config"]
+        info = json.loads((out / CONFIG_FILE).read_text(encoding="utf-8"))
+        previous = info["config"]
     except FileNotFoundError:
         return
     except (ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"{out / CONFIG_FILE} is not a MotionShapes config ({exc}); use another out_dir") from exc
+    version = info.get("generator_version", 1)
+    if version != GENERATOR_VERSION:
+        raise ValueError(f"{out} holds MotionShapes generator version {version}, this is version {GENERATOR_VERSION}: "
+                         "the two never mix; use another out_dir or delete it")
     current = json.loads(json.dumps(dataclasses.asdict(config)))  # tuples -> lists, as stored
     if previous != current:
         changed = sorted(k for k in previous.keys() | current.keys() if previous.get(k) != current.get(k))
@@ -817,6 +901,7 @@ def _write_config(out: pathlib.Path, config: MotionShapesConfig, records: list[d
         splits[str(split)] = {"test_groups": list(test), "train": len(records) - n_test, "test": n_test}
     info = {
         "dataset": "MotionShapes",
+        "generator_version": GENERATOR_VERSION,
         "vsbench_version": harness.__version__,
         "config": dataclasses.asdict(config),
         "class_names": list(CLASS_NAMES[: config.classes]),
@@ -824,6 +909,7 @@ def _write_config(out: pathlib.Path, config: MotionShapesConfig, records: list[d
         "bias_family": {n: BACKGROUND_FAMILIES[class_family(i)] for i, n in enumerate(CLASS_NAMES[: config.classes])},
         "shapes": list(SHAPES),
         "motion_units": MOTION_UNITS,
+        "symmetries": symmetries(CLASS_NAMES[: config.classes]),
         "counts": {"classes": config.classes, "groups": config.groups, "clips_per_group": config.clips_per_group,
                    "videos": len(records), "frames_min": min(r["frames"] for r in records),
                    "frames_max": max(r["frames"] for r in records), "splits": splits},

@@ -10,14 +10,17 @@ Sources:
 One function, :func:`read_frames`, serves every source: it returns the requested frame indices
 (any order, repeats allowed) and can resize while decoding. When decord fails on a file that
 PyAV verified (decord 0.6 mis-copies frames of some sizes, e.g. 48x32), that read falls back to
-PyAV with a warning: the same file, bit-identical frames.
+PyAV: the same file, bit-identical frames. The warning is logged once per (file, reason) and
+process, and decord's own FFmpeg log is silenced, so a run prints it once, not once per read.
 
 Never hang, never substitute. decord loops forever, holding the GIL, when a container claims
 more frames than it holds (dmlc/decord#373), and no watchdog thread can interrupt that. So
 before decord sees a file, :func:`probe_video` counts the packets that are really there with
 PyAV's demuxer (which always stops at end of file) and compares them with the header's claim: a
 file that is short of its claim, has no video stream, or cannot decode its first frame raises
-:class:`CorruptVideo` naming the file. Reads ask decord only for indices below the verified
+:class:`CorruptVideo` naming the file. Containers that state no frame count (Matroska, WebM)
+are decoded to the end and the frames compared with what their stated duration implies, so a
+truncated ``.mkv``/``.webm`` is caught as well. Reads ask decord only for indices below the verified
 count. Data set indexes store the verified count, so training pays for the probe once.
 """
 
@@ -45,7 +48,8 @@ cv2.setNumThreads(1)  # DataLoader workers provide the parallelism; OpenCV's own
 
 
 class CorruptVideo(RuntimeError):
-    """A video (file or frame folder) that cannot be decoded as its metadata promises."""
+    """A video (file or frame folder) that cannot be used: it cannot be decoded as its metadata
+    promises, or (raised by the loader) it holds fewer frames than the clips asked of it."""
 
     def __init__(self, path: str | os.PathLike, reason: str):
         self.path = str(path)
@@ -63,7 +67,7 @@ class VideoInfo:
     num_frames: int  # frames that are really present and can be asked for
     height: int
     width: int
-    header_frames: int | None = None  # what the container claims (None when it does not say)
+    header_frames: int | None = None  # what the container claims: its frame count, else what its duration implies
     fps: float | None = None
 
 
@@ -114,21 +118,47 @@ def _probe_file(path: str) -> VideoInfo:
             stream = container.streams.video[0]
             header = int(stream.frames) or None
             fps = float(stream.average_rate) if stream.average_rate else None
-            try:
-                packets = sum(1 for p in container.demux(stream) if p.size > 0)
-            except av.FFmpegError as err:
-                raise CorruptVideo(path, f"demuxing failed: {err}") from err
+            claimed = header or _frames_from_duration(container, stream, fps)
+            present = _count_present(path, container, stream, decode=header is None)
         with av.open(path) as container:
             first = next(container.decode(video=0), None)
     except CorruptVideo:
         raise
     except (av.FFmpegError, OSError, StopIteration, ValueError) as err:
         raise CorruptVideo(path, f"cannot be opened as a video: {err}") from err
-    if first is None or packets == 0:
+    if first is None or present == 0:
         raise CorruptVideo(path, "no decodable frame")
-    if header is not None and packets < header:
-        raise CorruptVideo(path, f"header claims {header} frames but only {packets} are present (truncated?)")
-    return VideoInfo(num_frames=packets, height=first.height, width=first.width, header_frames=header, fps=fps)
+    if header is not None and present < header:
+        raise CorruptVideo(path, f"header claims {header} frames but only {present} are present (truncated?)")
+    if header is None and claimed is not None and present < claimed - 1:  # a duration rounds to +-1 frame
+        raise CorruptVideo(path, f"header claims a duration of {claimed} frames at {fps:g} fps but only {present} frames decode (truncated?)")
+    return VideoInfo(num_frames=present, height=first.height, width=first.width, header_frames=claimed, fps=fps)
+
+
+def _frames_from_duration(container, stream, fps: float | None) -> int | None:
+    """Frames implied by the container's duration (Matroska/WebM state a duration, not a frame count)."""
+    if fps is None:
+        return None
+    if stream.duration is not None:
+        seconds = float(stream.duration * stream.time_base)
+    elif container.duration is not None:
+        seconds = container.duration / 1_000_000  # AV_TIME_BASE
+    else:
+        return None
+    return round(seconds * fps)
+
+
+def _count_present(path: str, container, stream, *, decode: bool) -> int:
+    """Frames really in the file: non-empty packets, or decoded frames when the container states
+    no frame count (a truncated Matroska/WebM file can end in packets that do not decode)."""
+    import av
+
+    try:
+        if decode:
+            return sum(1 for _ in container.decode(stream))
+        return sum(1 for p in container.demux(stream) if p.size > 0)
+    except av.FFmpegError as err:
+        raise CorruptVideo(path, f"{'decoding' if decode else 'demuxing'} failed: {err}") from err
 
 
 @functools.lru_cache(maxsize=65536)
@@ -186,23 +216,41 @@ class _DecordFailed(Exception):
 
 
 def _read_decord(path: str, idx: np.ndarray, size: tuple[int, int] | None, num_frames: int) -> np.ndarray:
-    import decord
-
+    decord = _decord()
     h, w = size if size is not None else (-1, -1)
     try:
         reader = decord.VideoReader(path, ctx=decord.cpu(0), width=w, height=h, num_threads=1)
         if idx.max() >= min(len(reader), num_frames):  # never let decord seek past what is verified
-            raise _DecordFailed(f"decord sees {len(reader)} frames, index {idx.max()} requested")
+            raise _DecordFailed(f"decord sees {len(reader)} of the {num_frames} verified frames")
         uniq, inverse = np.unique(idx, return_inverse=True)
         frames = reader.get_batch(uniq.tolist()).asnumpy()
     except (decord.DECORDError, RuntimeError, IndexError) as err:
-        raise _DecordFailed(str(err).splitlines()[0]) from err
+        raise _DecordFailed(_DECORD_PREFIX.sub("", str(err).splitlines()[0])) from err
     return frames[inverse]
 
 
-@functools.lru_cache(maxsize=1024)
+# decord's messages start with "[hh:mm:ss] /path/to/source.cc:123: "; without it equal failures read equal.
+_DECORD_PREFIX = re.compile(r"^\[\d\d:\d\d:\d\d\]\s*(\S+:\d+:\s*)?")
+
+
+@functools.cache
+def _decord():
+    """decord, with its FFmpeg log silenced: it would print the same text on every read of a file,
+    while the probe has verified the file and :func:`_warn_fallback` reports a failure once."""
+    import decord
+
+    decord.logging.set_level(decord.logging.QUIET)
+    return decord
+
+
+_warned: set[tuple[str, str]] = set()  # (file, reason) pairs this process has warned about
+
+
 def _warn_fallback(path: str, reason: str) -> None:
-    log.warning("decord cannot read %s (%s); decoding it with PyAV instead", path, reason)
+    """Warn about a decord failure once per (file, reason) and process, not once per read."""
+    if (path, reason) not in _warned:
+        _warned.add((path, reason))
+        log.warning("decord cannot read %s (%s); decoding it with PyAV instead", path, reason)
 
 
 def _frame_index(frame, stream, fps: float) -> int:
@@ -318,7 +366,7 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, *, fps: int = 25, c
         raise
 
 
-_CONTAINER = {".avi": "avi", ".mp4": "mp4", ".mkv": "matroska", ".mov": "mov"}
+_CONTAINER = {".avi": "avi", ".mp4": "mp4", ".mkv": "matroska", ".webm": "webm", ".mov": "mov"}
 
 
 def _encode(file: Path, frames: np.ndarray, container_format: str, fps: int, codec: str, bit_rate: int, gop: int) -> None:

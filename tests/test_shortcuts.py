@@ -1,0 +1,62 @@
+"""The shortcut check (harness.data.shortcuts): appearance must not tell the class, motion must."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from harness.cli import main
+from harness.data.shortcuts import ShortcutConfig, ShortcutReport, motion_input, frame_input, shortcut_check
+from harness.data.synthetic import PRESETS, generate_motionshapes
+
+# 6 classes x 10 groups (3 held out) x 4 clips: 168 train and 72 test videos of 32x32 frames
+SMALL = dataclasses.replace(PRESETS["bench"], classes=6, groups=10, clips_per_group=4)
+CHECK = ShortcutConfig(epochs=25, size=(32, 32))
+
+
+@pytest.fixture(scope="module")
+def v2_data(tmp_path_factory):
+    return generate_motionshapes(tmp_path_factory.mktemp("v2"), SMALL, workers=2, progress=False)
+
+
+def test_inputs_are_the_middle_frame_and_ordered_differences():
+    clips = torch.arange(2 * 1 * 3 * 3 * 2 * 2, dtype=torch.float32).reshape(2, 1, 3, 3, 2, 2) ** 2
+    assert torch.equal(frame_input(clips), clips[:, :, 1])
+    diffs = motion_input(clips)
+    assert diffs.shape == (2, 1, 6, 2, 2)
+    assert torch.equal(diffs[:, :, :3], clips[:, :, 1] - clips[:, :, 0])
+    assert torch.equal(diffs[:, :, 3:], clips[:, :, 2] - clips[:, :, 1])
+
+
+def test_verdict_rule():
+    chance = 1 / 12
+    clean = ShortcutReport(12, 0.1, (0.07, 0.13), 0.09, (0.05, 0.12), 0.9, (0.87, 0.93), 3.0)
+    assert clean.passed and not clean.appearance_shortcut and clean.motion_learnable
+    seen_leak = dataclasses.replace(clean, frame_seen_top1=0.9, frame_seen_interval=(0.85, 0.95))
+    assert seen_leak.appearance_shortcut and not seen_leak.passed
+    no_motion = dataclasses.replace(clean, motion_top1=2.9 * chance)
+    assert not no_motion.motion_learnable and "MOTION NOT LEARNABLE" in no_motion.render()
+
+
+def test_motionshapes_v2_has_no_appearance_shortcut_and_learnable_motion(v2_data):
+    report = shortcut_check(str(v2_data), config=CHECK)
+    assert report.frame_interval[0] <= report.chance, report.render()  # one frame: at chance on unseen groups
+    assert report.frame_seen_interval[0] <= report.chance, report.render()  # ... and on the train split's own looks
+    assert report.motion_top1 >= 2.5 * report.chance, report.render()  # frame differences: far above chance
+    assert report.passed
+
+
+def test_a_look_tied_to_the_class_in_train_is_caught(tmp_path):
+    # scene bias 1.0: in the train groups the background family names the class (as v1's looks did)
+    biased = generate_motionshapes(tmp_path / "biased", dataclasses.replace(SMALL, scene_bias=1.0), workers=2, progress=False)
+    report = shortcut_check(str(biased), config=CHECK)
+    assert report.appearance_shortcut and not report.passed, report.render()
+    assert report.frame_seen_interval[0] > 2 * report.chance
+
+
+def test_command_line_exit_status(v2_data, capsys):
+    assert main(["data", "shortcuts", str(v2_data), "--size", "32", "32", "--epochs", "25"]) == 0
+    out = capsys.readouterr().out
+    assert "one frame, seen groups" in out and "verdict: no appearance shortcut" in out
