@@ -100,10 +100,11 @@ def _add_data_shortcuts(sub) -> None:
     p = sub.add_parser(
         "shortcuts",
         help="check that one frame cannot tell the class and frame differences can (a motion benchmark's premise)",
-        description="Train two small 2D classifiers on the train split and test them on the test split: one sees a single "
-        "frame per clip (appearance), the other the clip's frame differences (motion). A data set without an appearance "
-        "shortcut leaves the first at chance (its 95%% bootstrap interval reaches chance) and the second far above it. "
-        "Exit status 1 when a shortcut is found or motion is not learnable.",
+        description="Train small 2D classifiers and test them: one on single frames (appearance) from the train split to "
+        "the test split, one on single frames from half of the train split's videos to the other half (the same looks), "
+        "and one on the clips' frame differences (motion). A data set without an appearance shortcut leaves both frame "
+        "classifiers at chance (their 95% bootstrap intervals reach chance) and the motion classifier far above it "
+        "(2.5x chance). Exit status 1 when a shortcut is found or motion is not learnable.",
     )
     _add_dataset_args(p)
     p.add_argument("--split", type=int, default=1, help="official split (default 1)")

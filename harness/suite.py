@@ -133,12 +133,40 @@ def expand(suite: Suite, registered: list[str]) -> list[SuiteRun]:
     if unknown:
         raise ConfigError(f"{suite.path}: unknown method(s) {', '.join(unknown)}; registered methods: {', '.join(registered)}")
     rows = [(m, m, {}) for m in methods] + [(a.name or f"{a.method}-ablation", a.method, a.method_args) for a in suite.ablations]
+    _check_before_running(suite, registered, rows)
     runs = []
     for row, method, ablation_args in rows:
         for backbone in suite.backbones:
             for seed in suite.seeds:
                 runs.append(SuiteRun(row, _run_config(suite, method, backbone, seed, ablation_args, row)))
     return runs
+
+
+SET_BY_THE_SUITE = {"method": "methods / [[ablations]]", "backbone": "backbones", "seed": "seeds", "run_name": "the row name",
+                    "experiment": "experiment", "data": "[data]"}
+
+
+def _check_before_running(suite: Suite, registered: list[str], rows: list[tuple[str, str, dict]]) -> None:
+    """Every key of every row, checked before the first run trains: a typo in the last row's
+    method_args must not surface after the earlier rows have trained."""
+    from backbones import list_backbones
+    from methods.base import build_config, get_method
+
+    unknown = sorted(set(suite.overrides) - set(registered))
+    if unknown:
+        raise ConfigError(f"{suite.path}: [overrides.{unknown[0]}]: no such method; registered methods: {', '.join(registered)}")
+    for where, table in {"pretrain": suite.pretrain, **{f"overrides.{m}": t for m, t in suite.overrides.items()}}.items():
+        for key in sorted(set(table) & set(SET_BY_THE_SUITE)):
+            raise ConfigError(f"{suite.path}: {where}.{key}: set by the suite itself; use {SET_BY_THE_SUITE[key]}")
+    missing = [b for b in suite.backbones if b not in list_backbones()]
+    if missing:
+        raise ConfigError(f"{suite.path}: backbones: unknown backbone {missing[0]!r}; registered: {', '.join(list_backbones())}")
+    for row, method, ablation_args in rows:
+        args = {**suite.pretrain.get("method_args", {}), **suite.overrides.get(method, {}).get("method_args", {}), **ablation_args}
+        try:
+            build_config(get_method(method), args)
+        except ConfigError as err:
+            raise ConfigError(f"{suite.path}: row {row!r}: {err}") from err
 
 
 def _run_config(suite: Suite, method: str, backbone: str, seed: int, ablation_args: dict, row: str) -> PretrainConfig:

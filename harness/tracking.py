@@ -241,15 +241,20 @@ def _client(uri: str):
     return MlflowClient(tracking_uri=uri)
 
 
+# MLflow 3's UI opens an experiment in its GenAI (traces) view unless this tag says model training.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def _experiment_id(client, name: str, artifact_root: Path | None) -> str:
-    """Get or create the experiment ``name`` (restoring it if it was deleted)."""
+    """Get or create the experiment ``name`` (restoring it if it was deleted), tagged as model
+    training so that ``mlflow ui`` opens on its runs."""
     from mlflow.exceptions import MlflowException
 
     exp = client.get_experiment_by_name(name)
     if exp is None:
         location = artifact_root.resolve().as_uri() if artifact_root is not None else None
         try:
-            return client.create_experiment(name, artifact_location=location)
+            return client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND)
         except MlflowException as e:  # created by another process meanwhile
             exp = client.get_experiment_by_name(name)
             if exp is None:
@@ -257,6 +262,9 @@ def _experiment_id(client, name: str, artifact_root: Path | None) -> str:
     if exp.lifecycle_stage == "deleted":
         log.warning("MLflow experiment %r (id %s) was deleted; restoring it", name, exp.experiment_id)
         client.restore_experiment(exp.experiment_id)
+    for key, value in EXPERIMENT_KIND.items():
+        if exp.tags.get(key) != value:
+            client.set_experiment_tag(exp.experiment_id, key, value)
     return exp.experiment_id
 
 

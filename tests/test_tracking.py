@@ -119,6 +119,8 @@ def test_sqlite_store_round_trip(_isolated):
     assert tags["vsbench.version"] == harness.__version__
     assert tags["dataset_fingerprint"] == "fp123" and tags["config_hash"] == "c0ffee" and tags["protocol.retrieval"] == "r1"
     assert run.info.run_name == "moco-r3d-s0"
+    # tagged as model training: MLflow 3's UI opens the runs table, not its GenAI view
+    assert client.get_experiment_by_name("suite-a").tags["mlflow.experimentKind"] == "custom_model_development"
 
     history = client.get_metric_history(run_id, "loss")
     assert [m.step for m in sorted(history, key=lambda m: (m.timestamp, m.step))] == list(range(500))

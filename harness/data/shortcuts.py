@@ -91,7 +91,7 @@ class ShortcutReport:
              if self.appearance_shortcut else [])
             + ([f"MOTION NOT LEARNABLE: frame differences stay below {self.motion_factor:g}x chance"]
                if not self.motion_learnable else []))
-        return "\n".join([f"Shortcut check: test top-1 of two small classifiers ({self.classes} classes, chance "
+        return "\n".join([f"Shortcut check: test top-1 of three small classifiers ({self.classes} classes, chance "
                           f"{100 * self.chance:.1f}%; 95% bootstrap intervals over test videos)",
                           line("one frame, unseen groups:", self.frame_top1, self.frame_interval),
                           line("one frame, seen groups:", self.frame_seen_top1, self.frame_seen_interval),
