@@ -5,8 +5,8 @@ scene) and a dynamic view (frame differences: the motion). The RGB feature is pu
 other clip's static feature and toward its dynamic feature, in both directions, so that both the
 scene and the motion end up in the one RGB representation that evaluation uses. Reimplemented
 from the description of the official code (``Mark12Ding/DCLR``: ``main_view.py``,
-``moco/builder.py::MoCo_View``, ``view_resnet.py``, ``dataset/ucf101_view.py``, ``moco/loader.py``);
-see ``shared/research/METHODS.md`` section 3.
+``moco/builder.py::MoCo_View``, ``view_resnet.py``, ``dataset/ucf101_view.py``, ``moco/loader.py``).
+
 
 Per step, for B videos with clips ``q`` and ``k`` (two different random windows, 16 frames at
 stride 2) and their static clips ``s_q``, ``s_k`` (the same raw frame offset in both windows,

@@ -3,7 +3,7 @@
 IIC is CMC (contrastive multiview coding with memory banks) over two views of the same clip,
 plus *intra-negatives*: the anchor's own RGB clip with its temporal structure destroyed.
 Reimplemented from the description of the official code (``BestJuly/IIC``, ``train_ssl.py``,
-``lib/NCEAverage.py``, ``gen_neg.py``); see ``shared/research/METHODS.md`` section 1.
+``lib/NCEAverage.py``, ``gen_neg.py``).
 
 Per step, for a batch of B videos with dataset indices ``y`` (one clip each)::
 

@@ -3,7 +3,7 @@ Representation Learning via Multi-level Feature Optimization", ICCV 2021).
 
 Reimplemented from the description of the official code (``shvdiwnkozbw/Video-Representation-
 via-Multi-level-Optimization``: ``train.py``, ``model.py``, ``r3d.py``, ``dataloader.py``,
-``augmentation.py``); see ``shared/research/METHODS.md`` section 2.
+``augmentation.py``).
 
 Per video the loader delivers three clips [A, B, G] of ``frames`` frames cut from one window of
 ``2 * frames`` indices at a random rate ``sr ~ U(1, min(rate, n / (2 frames)))`` (sampler

@@ -10,7 +10,7 @@ starts whose motion changes most (offline, :mod:`harness.data.mds`). Reimplement
 description of the official code (``megvii-research/MSCL``: ``mmaction/models/recognizers/
 {mscl.py, moco.py}``, ``heads/{moco_head_v2.py, local_cl_head.py}``, ``necks/{base.py, fpn.py}``,
 ``datasets/pipelines/{transforms_motion.py, loading_mscl.py}``, ``common/ssl_aug.py``,
-``tools/ssl/generate_mcl_samples.py``); see ``shared/research/METHODS.md`` section 4.
+``tools/ssl/generate_mcl_samples.py``).
 
 Per step, for B videos with two clips each (clip 1 = query, clip 2 = key; MDS picks their
 starts), RGB ``x1, x2`` and flow ``f1, f2`` (RGB and flow of one clip share the crop and flip)::

@@ -2,8 +2,8 @@
 
 MSCL (Ni et al., ECCV 2022) trains only on clips whose motion *changes*: offline, every candidate
 clip start of every video is scored from the optical flow, and only the starts scoring above the
-video's median are kept (``tools/ssl/generate_mcl_samples.py``, output ``chosen_idx``; see
-``shared/research/METHODS.md`` 4.2). The shipped setting is ``weight_type=rgb_map``,
+video's median are kept (``tools/ssl/generate_mcl_samples.py``, output ``chosen_idx``).
+The shipped setting is ``weight_type=rgb_map``,
 ``att_type=max``, average pooling::
 
     for every flow frame F_t (H x W x 2, pixels):
