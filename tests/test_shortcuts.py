@@ -40,14 +40,6 @@ def test_verdict_rule():
     assert not no_motion.motion_learnable and "MOTION NOT LEARNABLE" in no_motion.render()
 
 
-def test_motionshapes_v2_has_no_appearance_shortcut_and_learnable_motion(v2_data):
-    report = shortcut_check(str(v2_data), config=CHECK)
-    assert report.frame_interval[0] <= report.chance, report.render()  # one frame: at chance on unseen groups
-    assert report.frame_seen_interval[0] <= report.chance, report.render()  # ... and on the train split's own looks
-    assert report.motion_top1 >= 2.5 * report.chance, report.render()  # frame differences: far above chance
-    assert report.passed
-
-
 def test_a_look_tied_to_the_class_in_train_is_caught(tmp_path):
     # scene bias 1.0: in the train groups the background family names the class (as v1's looks did)
     biased = generate_motionshapes(tmp_path / "biased", dataclasses.replace(SMALL, scene_bias=1.0), workers=2, progress=False)
@@ -56,7 +48,9 @@ def test_a_look_tied_to_the_class_in_train_is_caught(tmp_path):
     assert report.frame_seen_interval[0] > 2 * report.chance
 
 
-def test_command_line_exit_status(v2_data, capsys):
+def test_motionshapes_v2_passes_through_the_command_line(v2_data, capsys):
+    # exit 0 = the verdict: both frame classifiers' intervals reach chance, frame differences >= 2.5x chance
     assert main(["data", "shortcuts", str(v2_data), "--size", "32", "32", "--epochs", "25"]) == 0
     out = capsys.readouterr().out
-    assert "one frame, seen groups" in out and "verdict: no appearance shortcut" in out
+    assert "one frame, unseen groups" in out and "one frame, seen groups" in out
+    assert "verdict: no appearance shortcut, motion is learnable" in out
