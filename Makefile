@@ -1,4 +1,4 @@
-# The two commands of the README. Both create .venv on first use; nothing needs to be installed beforehand
+# The commands of the README (bench, smoke, test, perf). All create .venv on first use; nothing needs to be installed beforehand
 # except Python >= 3.10 and make.
 PYTHON ?= python3
 VENV := .venv

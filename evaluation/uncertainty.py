@@ -26,7 +26,7 @@ def bootstrap_interval(values: np.ndarray | torch.Tensor, *, level: float = LEVE
     """The ``level`` percentile-bootstrap interval of the mean of per-video ``values``.
 
     ``values`` is one number per test video (1.0/0.0 for hit/miss). An empty input raises."""
-    x = np.asarray(values.detach().cpu() if isinstance(values, torch.Tensor) else values, dtype=np.float64).ravel()
+    x = _as_array(values)
     if x.size == 0:
         raise ValueError("bootstrap_interval needs at least one value")
     if not np.isfinite(x).all():
@@ -45,6 +45,11 @@ def bootstrap_interval(values: np.ndarray | torch.Tensor, *, level: float = LEVE
 
 def with_interval(name: str, values: np.ndarray | torch.Tensor) -> dict[str, float]:
     """``{name: mean, name_ci_low: ..., name_ci_high: ...}`` of per-video ``values``."""
-    x = np.asarray(values.detach().cpu() if isinstance(values, torch.Tensor) else values, dtype=np.float64).ravel()
+    x = _as_array(values)
     low, high = bootstrap_interval(x)
     return {name: float(x.mean()), f"{name}_ci_low": low, f"{name}_ci_high": high}
+
+
+def _as_array(values: np.ndarray | torch.Tensor) -> np.ndarray:
+    """Per-video values as a flat float64 array (tensors are moved to the host)."""
+    return np.asarray(values.detach().cpu() if isinstance(values, torch.Tensor) else values, dtype=np.float64).ravel()

@@ -7,7 +7,6 @@ scene and the motion end up in the one RGB representation that evaluation uses. 
 from the description of the official code (``Mark12Ding/DCLR``: ``main_view.py``,
 ``moco/builder.py::MoCo_View``, ``view_resnet.py``, ``dataset/ucf101_view.py``, ``moco/loader.py``).
 
-
 Per step, for B videos with clips ``q`` and ``k`` (two different random windows, 16 frames at
 stride 2) and their static clips ``s_q``, ``s_k`` (the same raw frame offset in both windows,
 repeated), every clip augmented independently::
