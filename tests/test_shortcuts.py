@@ -17,8 +17,8 @@ CHECK = ShortcutConfig(epochs=25, size=(32, 32))
 
 
 @pytest.fixture(scope="module")
-def v2_data(tmp_path_factory):
-    return generate_motionshapes(tmp_path_factory.mktemp("v2"), SMALL, workers=2, progress=False)
+def current_data(tmp_path_factory):
+    return generate_motionshapes(tmp_path_factory.mktemp("current"), SMALL, workers=2, progress=False)
 
 
 def test_inputs_are_the_middle_frame_and_ordered_differences():
@@ -48,9 +48,9 @@ def test_a_look_tied_to_the_class_in_train_is_caught(tmp_path):
     assert report.frame_seen_interval[0] > 2 * report.chance
 
 
-def test_motionshapes_v2_passes_through_the_command_line(v2_data, capsys):
+def test_motionshapes_passes_through_the_command_line(current_data, capsys):
     # exit 0 = the verdict: both frame classifiers' intervals reach chance, frame differences >= 2.5x chance
-    assert main(["data", "shortcuts", str(v2_data), "--size", "32", "32", "--epochs", "25"]) == 0
+    assert main(["data", "shortcuts", str(current_data), "--size", "32", "32", "--epochs", "25"]) == 0
     out = capsys.readouterr().out
     assert "one frame, unseen groups" in out and "one frame, seen groups" in out
     assert "verdict: no appearance shortcut, motion is learnable" in out

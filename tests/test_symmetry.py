@@ -20,9 +20,9 @@ V1_CLASSES = ["MoveLeft", "MoveRight", "MoveUp", "MoveDown", "RotateClockwise", 
 
 
 @pytest.fixture(scope="module")
-def v2_data(tmp_path_factory):
+def current_data(tmp_path_factory):
     config = dataclasses.replace(PRESETS["tiny"], classes=2, groups=4, height=32, width=64)
-    return generate_motionshapes(tmp_path_factory.mktemp("v2"), config, workers=0, progress=False)
+    return generate_motionshapes(tmp_path_factory.mktemp("current"), config, workers=0, progress=False)
 
 
 def as_version_1(folder):
@@ -36,16 +36,16 @@ def as_version_1(folder):
 
 
 @pytest.fixture()
-def v1_data(v2_data, tmp_path):
+def v1_data(current_data, tmp_path):
     import shutil
 
-    return as_version_1(shutil.copytree(v2_data, tmp_path / "v1"))
+    return as_version_1(shutil.copytree(current_data, tmp_path / "v1"))
 
 
-def test_version_2_states_flip_invariance_and_time_reversal_pairs(v2_data):
-    info = json.loads((v2_data / "motionshapes.json").read_text())
+def test_the_current_version_states_flip_invariance_and_time_reversal_pairs(current_data):
+    info = json.loads((current_data / "motionshapes.json").read_text())
     assert info["symmetries"]["label_preserving"] == ["hflip", "vflip", "time_reversal"]  # MoveHorizontal, MoveUp only
-    full = generate_motionshapes(v2_data.parent / "full", dataclasses.replace(PRESETS["tiny"], groups=2, clips_per_group=1, height=32, width=32),
+    full = generate_motionshapes(current_data.parent / "full", dataclasses.replace(PRESETS["tiny"], groups=2, clips_per_group=1, height=32, width=32),
                                  workers=2, progress=False)
     symmetries = read_symmetries(full)
     assert symmetries.hflip_keeps_labels
@@ -82,12 +82,12 @@ def _supervised(data, tmp_path, flip: bool) -> PretrainConfig:
                           output_dir=str(tmp_path / "runs"), progress=False)
 
 
-def test_harness_refuses_a_flipping_supervised_run_before_training(v1_data, v2_data, tmp_path):
+def test_harness_refuses_a_flipping_supervised_run_before_training(v1_data, current_data, tmp_path):
     with pytest.raises(SymmetryError, match="horizontal flip"):
         Pretraining(_supervised(v1_data, tmp_path, flip=True))
     assert not (tmp_path / "runs").exists()  # refused before anything was written
     Pretraining(_supervised(v1_data, tmp_path, flip=False))  # no flip: accepted
-    Pretraining(_supervised(v2_data, tmp_path, flip=True))  # version 2: a flip keeps every label
+    Pretraining(_supervised(current_data, tmp_path, flip=True))  # since version 2 a flip keeps every label
 
 
 def test_finetune_protocol_flip_optimizer_and_stride_reach_the_run_and_the_hash():
@@ -100,11 +100,11 @@ def test_finetune_protocol_flip_optimizer_and_stride_reach_the_run_and_the_hash(
     assert len(hashes) == 4
 
 
-def test_generator_version_is_part_of_the_fingerprint(v2_data, v1_data):
+def test_generator_version_is_part_of_the_fingerprint(current_data, v1_data):
     from harness.data.datasets import open_dataset
 
-    v2 = open_dataset(v2_data, split=1, subset="train", progress=False)
+    current = open_dataset(current_data, split=1, subset="train", progress=False)
     v1 = open_dataset(v1_data, split=1, subset="train", progress=False)
-    assert v2.extra == {"generator": "MotionShapes v2"} and v1.extra == {"generator": "MotionShapes v1"}
-    assert [r.key for r in v1.records] == [r.key for r in v2.records]  # the same files...
-    assert v1.fingerprint() != v2.fingerprint()  # ...but never taken for the same data
+    assert current.extra == {"generator": "MotionShapes v3"} and v1.extra == {"generator": "MotionShapes v1"}
+    assert [r.key for r in v1.records] == [r.key for r in current.records]  # the same files...
+    assert v1.fingerprint() != current.fingerprint()  # ...but never taken for the same data

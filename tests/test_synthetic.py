@@ -78,7 +78,7 @@ def test_layout_and_names(tiny_dir, meta):
 def test_config_json_and_meta(tiny_dir, meta):
     info = json.loads((tiny_dir / "motionshapes.json").read_text())
     assert info["vsbench_version"] == harness.__version__
-    assert info["generator_version"] == GENERATOR_VERSION == 2
+    assert info["generator_version"] == GENERATOR_VERSION == 3
     assert info["symmetries"] == {"hflip_pairs": [], "vflip_pairs": [["MoveUp", "MoveDown"]],
                                   "time_reversal_pairs": [["MoveUp", "MoveDown"], ["Grow", "Shrink"]], "label_preserving": ["hflip"]}
     assert info["class_names"] == list(CLASS_NAMES)
@@ -200,13 +200,17 @@ def test_resume_cleans_dead_temp_files_and_refuses_another_config(tmp_path):
         generate_motionshapes(tmp_path, dataclasses.replace(cfg, seed=1), workers=0, progress=False)
 
 
-def test_version_1_folder_is_refused_not_mixed(tmp_path):
+@pytest.mark.parametrize("version", [1, 2])
+def test_an_older_version_folder_is_refused_not_mixed(tmp_path, version):
     cfg = dataclasses.replace(TINY, classes=2, groups=2)
     generate_motionshapes(tmp_path, cfg, workers=0, progress=False)
     info = json.loads((tmp_path / "motionshapes.json").read_text())
-    del info["generator_version"]  # as version 1 wrote it
+    if version == 1:
+        del info["generator_version"]  # as version 1 wrote it
+    else:
+        info["generator_version"] = version
     (tmp_path / "motionshapes.json").write_text(json.dumps(info))
-    with pytest.raises(ValueError, match="generator version 1, this is version 2"):
+    with pytest.raises(ValueError, match=f"generator version {version}, this is version 3"):
         generate_motionshapes(tmp_path, cfg, workers=0, progress=False)
 
 
@@ -339,7 +343,8 @@ def test_appearance_is_independent_of_class():
 
 
 def test_scale_distribution_does_not_reveal_the_class():
-    # Grow/Shrink sweep the same scale range other classes draw statically: size is no cue
+    # Grow/Shrink sweep the scale range once per video, other classes draw a scale in it: over a
+    # video's frames (what a single-frame classifier sees) size is no cue
     cfg = dataclasses.replace(PRESETS["small"], groups=60)
     lo, hi = np.log(cfg.object_scale)
     means = []
@@ -347,7 +352,7 @@ def test_scale_distribution_does_not_reveal_the_class():
         samples = []
         for g in range(1, 61):
             look, motion = sample_appearance(cfg, c, g), sample_motion(cfg, c, g, 1)
-            samples.append(math.log(object_pose(cfg, CLASS_NAMES[c], motion.objects[0], look.objects[0].radius, 10)[3]))
+            samples += [math.log(object_pose(cfg, CLASS_NAMES[c], motion.objects[0], look.objects[0].radius, t)[3]) for t in range(motion.frames)]
         means.append(np.mean(samples))
     assert np.all(np.abs(np.array(means) - (lo + hi) / 2) < 0.15)
 

@@ -1,7 +1,7 @@
 """What transforms do to a data set's labels, and the guard that stops a recipe from breaking them.
 
 Paper recipes flip clips horizontally at random. That is harmless when a flip keeps every label
-(UCF101's actions, MotionShapes v2), and wrong when the data set has mirror-image classes: on
+(UCF101's actions, MotionShapes since version 2), and wrong when the data set has mirror-image classes: on
 MotionShapes v1 a flipped MoveLeft clip *is* a MoveRight clip, so a supervised or fine-tuned
 classifier is trained on wrong labels (capped at 75% on its 12 classes) and a contrastive method
 pairs mirror motions as positives.
@@ -90,8 +90,8 @@ def check_flip(data_path: str | Path, flip_p: float, *, uses_labels: bool, what:
     if uses_labels:
         raise SymmetryError(message + ": its labels would be wrong for the flipped clips. Switch the flip off "
                             "(fine-tune protocol: eval.finetune.flip = false) or regenerate the data with "
-                            "`vsbench data synth` (MotionShapes version 2 has no mirror classes)")
+                            "`vsbench data synth` (MotionShapes has had no mirror classes since version 2)")
     if str(data_path) not in _warned:
         _warned.add(str(data_path))
         log.warning("%s: mirrored motions become positives of each other; regenerate the data with `vsbench data synth` "
-                    "(MotionShapes version 2)", message)
+                    "(no mirror classes since MotionShapes version 2)", message)

