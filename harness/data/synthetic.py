@@ -20,8 +20,7 @@ motion pattern of the objects; nothing else predicts it, in the train split or t
   the whole video, from the smallest to the largest scale or back (version 2's sawtooth jumped
   back every few frames at the ``bench`` rates, and a network saw the jumps rather than the
   direction), and each object carries a half-disc mark in a second colour that makes a rotation
-  move half its pixels (version 2's mark was a 2 px dot at 32 px). On the ``bench`` preset, the
-  same supervised recipe went from 63% (version 2) to 88% test top-1 after 12 epochs.
+  move half its pixels (version 2's mark was a 2 px dot at 32 px).
 - ``motionshapes.json`` states these symmetries (:func:`symmetries`) and the generator version;
   the harness reads them (:mod:`harness.data.symmetry`) and refuses a labelled recipe that
   flips a data set whose labels a flip changes.
