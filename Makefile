@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 
-## The main job: generate MotionShapes `bench` (v2), check it (every video, then the shortcut check:
+## The main job: generate MotionShapes `bench` (generator version 3), check it (every video, then the shortcut check:
 ## one frame must not tell the class, frame differences must), compute its optical flow and MSCL's
 ## motion screening, and run the CPU benchmark suite (every method, 3 seeds). The table goes to
 ## runs/cpu/report/ (published copy: results/cpu/).

@@ -5,6 +5,11 @@ retrieval, linear-probe and kNN protocols; the motion probes use a fixed set of 
 fine-tune protocol trains a classifier from the encoder's weights through the harness's loop.
 Every metric is named ``eval/<protocol>/<metric>`` and every protocol's hash is returned as a
 tag ``protocol.<name>``, so tables only compare numbers from equal protocols.
+
+The settings are checked against the data before any feature is extracted (:func:`eval_data`): a
+k that ranks more videos than the gallery holds, or a video that cannot be decoded, is refused
+naming the key or the files, not found after minutes of extraction (or hours of pretraining: a
+suite runs the same check before its first run).
 """
 
 from __future__ import annotations
@@ -26,8 +31,8 @@ from evaluation.linear import evaluate_linear
 from evaluation.probes import load_bias_alignment, motion_probe, static_bias_gap
 from evaluation.protocols import FeatureProtocol, FinetuneProtocol, KNNProtocol, LinearProtocol, RetrievalProtocol, resolve_stride
 from evaluation.retrieval import evaluate_retrieval, topk_neighbours
-from harness.config import DataConfig
-from harness.data.datasets import open_dataset
+from harness.config import ConfigError, DataConfig
+from harness.data.datasets import DatasetError, VideoDataset, open_dataset
 from harness.data.video import read_frames
 
 log = logging.getLogger(__name__)
@@ -68,6 +73,50 @@ def protocol_tags(config: EvalConfig) -> dict[str, str]:
     return {f"protocol.{name}": p.hash() for name, p in config.protocol_objects().items()}
 
 
+def eval_data(data: DataConfig, config: EvalConfig) -> tuple[VideoDataset, VideoDataset]:
+    """The train split (the retrieval and kNN gallery, the linear probe's training set) and the test
+    split of ``config.features.split``, checked against ``config`` before anything is computed.
+
+    Refused: a k of a protocol that ranks the gallery (``knn_k``, ``retrieval_ks``) larger than the
+    train split (a ConfigError naming ``eval.<key>``, the gallery size and the data path), and any
+    video of either list that cannot be decoded (a DatasetError naming every such file): evaluation
+    reads every video, so one bad file would stop it midway.
+
+    Cheap: opening a data set verifies each video with :func:`harness.data.video.probe_video`
+    (header and packet count, first frame only; no clip is decoded here) once, and its data set
+    index caches the result, so a second check only reads the index."""
+    split = config.features.split
+    train = open_dataset(data.path, format=data.format, split=split, subset="train", progress=False)
+    test = open_dataset(data.path, format=data.format, split=split, subset="test", progress=False)
+    _check_gallery(config, len(train), f"the train split {split} of {data.path}")
+    _check_decodable([train, test], data.path)
+    return train, test
+
+
+def _check_gallery(config: EvalConfig, gallery: int, what: str) -> None:
+    """Every k a ranking protocol asks for must exist among the ``gallery`` train videos."""
+    ranked = {"knn": ("knn_k", config.knn_k, config.knn_k),
+              "retrieval": ("retrieval_ks", list(config.retrieval_ks), max(config.retrieval_ks, default=0))}
+    for protocol, (key, value, k) in ranked.items():
+        if protocol in config.protocols and k > gallery:
+            raise ConfigError(f"eval.{key} = {value}: {protocol} ranks the {gallery} videos of {what} (the gallery); "
+                              f"valid: every k at most {gallery}")
+
+
+def _check_decodable(datasets: list[VideoDataset], path: str) -> None:
+    """Every video the probe marked corrupt, named with its reason, in one error."""
+    bad = sorted({(r.path, r.error) for ds in datasets for r in ds.corrupt})
+    if bad:
+        listed = "; ".join(f"{file}: {reason}" for file, reason in bad)
+        raise DatasetError(f"{path}: {len(bad)} video(s) of the evaluated train/test lists cannot be decoded, and evaluation "
+                           f"reads every video: {listed}; replace or re-encode them (`vsbench data check {path}` lists them)")
+
+
+def finetune_run_name(run_name: str) -> str:
+    """The run folder name of the fine-tune protocol for the encoder evaluated as ``run_name``."""
+    return f"{run_name}-finetune"
+
+
 def _prefixed(name: str, metrics: dict) -> dict[str, float]:
     return {f"eval/{name}/{k}": float(v) for k, v in metrics.items()}
 
@@ -95,9 +144,7 @@ def evaluate_encoder(
     strips, framed green when the class matches)."""
     protocols = config.protocol_objects()
     config = dataclasses.replace(config, features=resolve_stride(config.features, train_stride))
-    split = config.features.split
-    train = open_dataset(data.path, format=data.format, split=split, subset="train", progress=False)
-    test = open_dataset(data.path, format=data.format, split=split, subset="test", progress=False)
+    train, test = eval_data(data, config)
     metrics: dict[str, float] = {"eval/stride": float(config.features.stride)}
     encoder = encoder.to(device).eval()
     if {"retrieval", "linear", "knn"} & protocols.keys():
@@ -108,7 +155,7 @@ def evaluate_encoder(
         metrics |= _prefixed("probe", probe)
     if "finetune" in protocols and finetune_from is not None:
         ft, _ = run_finetune(config.finetune, backbone=backbone, data=data, init_encoder=finetune_from, seed=seed,
-                             device=str(device), output_dir=output_dir, run_name=f"{run_name}-finetune", workers=config.workers,
+                             device=str(device), output_dir=output_dir, run_name=finetune_run_name(run_name), workers=config.workers,
                              train_stride=train_stride)
         metrics |= _prefixed("finetune", ft)
     return metrics

@@ -5,7 +5,7 @@ protocol is a frozen dataclass whose fields and :meth:`Protocol.hash` are logged
 metric (``eval/<protocol>/<metric>``), and tables put numbers with equal hashes in one column.
 Change any field and the hash changes.
 
-Defaults follow the VCOP/IIC convention for UCF101/HMDB51 (ANCHORS.md section 4): split 1,
+Defaults follow the VCOP/IIC convention for UCF101/HMDB51: split 1,
 train split as gallery / training set, test split as queries / test set, 10 clips of 16
 frames per video with evenly spaced centres, frames resized to 128x171 and centre-cropped to
 112, per-video feature = mean over clips.

@@ -40,7 +40,7 @@ def _add_data_synth(sub) -> None:
         "group-based train/test lists, exactly like UCF101, so every UCF101 tool reads it. Resumable: videos already "
         "written are kept.",
     )
-    p.add_argument("--preset", default="tiny", help="size preset: tiny (tests), small (CPU benchmark), standard (GPU suites); default tiny")
+    p.add_argument("--preset", default="tiny", help="size preset: tiny (tests), small (smoke suite), bench (CPU benchmark, 32x32), standard (GPU suites); default tiny")
     p.add_argument("--out", required=True, type=Path, help="output folder (created)")
     p.add_argument("--seed", type=int, help="generation seed (default: the preset's)")
     p.add_argument("--scene-bias", type=float, help="0..1: tie background family to class in the train split with this probability")
@@ -289,18 +289,35 @@ def _add_run(commands) -> None:
         "run",
         help="run a benchmark suite (TOML) end to end",
         description="Run every (method or ablation row, backbone, seed) of a suite file under one parent MLflow run. "
-        "Runs already finished with the same configuration are skipped unless --force. Suites ship in benchmarks/suites/.",
+        "Before the first run trains, the whole suite is checked: every key of every row, the backbones, the evaluation "
+        "split against data.split, every k of kNN and retrieval against the gallery (the train split), and every video of "
+        "the evaluated train and test lists (probed, not decoded). Runs already finished with the same configuration are "
+        "skipped unless --force. Suites ship in benchmarks/suites/.",
     )
     p.add_argument("suite", type=Path, help="suite file, e.g. benchmarks/suites/smoke.toml")
-    p.add_argument("--force", action="store_true", help="rerun runs that finished before")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="change a key of the suite file, dotted for nested ones, value in TOML syntax "
+                   "(e.g. --set pretrain.epochs=1 --set seeds=[0,1] --set eval.knn_k=10)")
+    p.add_argument("--force", action="store_true",
+                   help="rerun runs that finished before, each from scratch: the last.pt and encoder.pt of its run folder "
+                   "(and of its fine-tune folder) are deleted before it trains, so no earlier checkpoint is resumed")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check everything as a run would, print the runs with their resolved configs and exit; nothing is "
+                   "trained or written to MLflow or the run folders (opening the data may refresh its frame-count index, "
+                   "vsbench_index.json), and whether a run finished before is not looked up")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
     p.set_defaults(func=_cmd_run)
 
 
 def _cmd_run(args) -> int:
-    from harness.suite import run_suite
+    from harness.config import load_toml
+    from harness.suite import describe_plan, plan_suite, run_suite
 
-    records = run_suite(args.suite, force=args.force, tracking_uri=args.tracking_uri)
+    contents = _merge(load_toml(args.suite), _parse_set(args.set))
+    if args.dry_run:
+        print(describe_plan(*plan_suite(args.suite, contents=contents, dry_run=True)))
+        return 0
+    records = run_suite(args.suite, contents=contents, force=args.force, tracking_uri=args.tracking_uri)
     runs = [r for r in records if "run_id" in r]
     done = sum(not r["skipped"] for r in runs)
     print(f"suite {args.suite}: {done} runs done now, {len(runs) - done} skipped (finished before)")
@@ -332,19 +349,20 @@ def _add_eval(commands) -> None:
 
 def _cmd_eval(args) -> int:
     from backbones import create_backbone
-    from evaluation.evaluate import EvalConfig, evaluate_encoder, protocol_tags
+    from evaluation.evaluate import EvalConfig, eval_data, evaluate_encoder, protocol_tags
     from harness.config import DataConfig, from_dict
     from harness.distributed import init_distributed
     from harness.tracking import Tracker
     from harness.train import load_checkpoint
 
-    saved = load_checkpoint(args.encoder)
     values = _merge({"protocols": [p for p in args.protocols.split(",") if p]}, _parse_set(args.set))
     config = from_dict(EvalConfig, values, where="eval")
+    data = DataConfig(path=args.data, format=args.format, workers=config.workers)
+    eval_data(data, config)  # settings against the data, before an MLflow run opens or a feature is extracted
+    saved = load_checkpoint(args.encoder)
     encoder = create_backbone(saved["backbone"], **saved.get("backbone_args", {}))
     encoder.load_state_dict(saved["state_dict"])
     device = init_distributed(args.device).device
-    data = DataConfig(path=args.data, format=args.format, workers=config.workers)
     tags = {"kind": "eval", "encoder": str(args.encoder), "backbone": saved["backbone"], **protocol_tags(config)}
     with Tracker(args.experiment, f"eval-{args.encoder.parent.name}", tracking_uri=args.tracking_uri, tags=tags) as tracker:
         metrics = evaluate_encoder(encoder, data=data, config=config, device=device, finetune_from=str(args.encoder),
@@ -449,13 +467,15 @@ def main(argv: list[str] | None = None) -> int:
     from harness.data.datasets import DatasetError
     from harness.data.symmetry import SymmetryError
     from harness.data.video import CorruptVideo
-    from harness.train import NonFiniteLoss, NothingTrained
+    from harness.io import LockTimeout, RunFolderLocked
+    from harness.train import ForeignCheckpoint, NonFiniteLoss, NothingTrained
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (UserError, ConfigError, DatasetError, SymmetryError, CorruptVideo) as err:
+    except (UserError, ConfigError, DatasetError, SymmetryError, CorruptVideo, RunFolderLocked, LockTimeout,
+            ForeignCheckpoint) as err:
         print(f"vsbench: error: {err}", file=sys.stderr)
         return 2
     except KeyError as err:  # unknown method or backbone: the message lists the valid names

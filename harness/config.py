@@ -166,6 +166,8 @@ def load_toml(path: str | Path) -> dict:
         raise ConfigError(f"{path}: no such file") from err
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: {err}") from err
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {err.start}): TOML files are UTF-8; save it as UTF-8") from err
 
 
 # ----------------------------------------------------------------------------- pretraining config

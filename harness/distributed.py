@@ -65,6 +65,11 @@ def init_distributed(device: str = "auto") -> DistInfo:
     Without torchrun's variables this is a single process. NCCL is used on CUDA, gloo on CPU.
     """
     use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
+    if use_cuda and not torch.cuda.is_available():
+        from harness.config import ConfigError
+
+        raise ConfigError(f"device = {device!r} was asked for, but torch finds no usable GPU here (torch.cuda.is_available() is "
+                          "False); set device = \"cpu\" (or \"auto\", which picks the GPU when there is one)")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if world > 1 and not dist.is_initialized():

@@ -38,16 +38,33 @@ A suite file (TOML) looks like::
 ``eval/<protocol>/<metric>`` on the same child run), and ends with the comparison table. A run
 whose configuration and protocols match a FINISHED run of the experiment is skipped unless
 ``--force``.
+
+The whole suite is checked before the first run trains (:func:`expand`), so a mistake never
+surfaces after hours of pretraining: every key of every row, the backbones, the evaluation split
+against ``data.split``, every k of a ranking protocol (``eval.knn_k``, ``eval.retrieval_ks``)
+against the gallery (the train split), and every video of the evaluated train and test lists
+(probed, not decoded). ``[data.synth]`` data is generated before these checks.
+
+``--force`` starts every run afresh: the ``last.pt`` and ``encoder.pt`` of its run folder (and of
+its fine-tune folder) are deleted before it trains, so nothing of an earlier configuration or of
+earlier data is resumed. Without ``--force``, a run folder whose checkpoint another configuration
+wrote is an error that says to use ``--force``.
+
+``vsbench run --set KEY=VALUE`` changes a key of the suite file (dotted, value in TOML syntax)
+and ``--dry-run`` prints the runs with their resolved configs after every check, and runs and
+writes nothing (:func:`plan_suite`, :func:`describe_plan`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.config import ConfigError, DataConfig, PretrainConfig, from_dict, load_toml
+from harness.config import ConfigError, DataConfig, PretrainConfig, from_dict, load_toml, to_dict
 
 log = logging.getLogger(__name__)
 
@@ -88,10 +105,11 @@ class SuiteRun:
     config: PretrainConfig
 
 
-def load_suite(path: str | Path) -> Suite:
-    """Parse and validate a suite file; errors name the file and the key."""
+def load_suite(path: str | Path, *, contents: dict | None = None) -> Suite:
+    """Parse and validate a suite file; errors name the file and the key. ``contents``: the file's
+    TOML table already read (and changed, e.g. by ``vsbench run --set``); default: read ``path``."""
     path = Path(path)
-    raw = load_toml(path)
+    raw = load_toml(path) if contents is None else contents
     data = dict(raw.get("data", {}))
     synth = data.pop("synth", {})
     raw = {**raw, "data": data, "synth": synth, "path": str(path)}
@@ -127,7 +145,8 @@ def _check_pretrain_keys(table: dict, where: str) -> None:
 
 
 def expand(suite: Suite, registered: list[str]) -> list[SuiteRun]:
-    """Every (row, backbone, seed) run of the suite, in a stable order."""
+    """Every (row, backbone, seed) run of the suite, in a stable order, once the whole suite has
+    passed :func:`_check_before_running` (its data must be there: see :func:`plan_suite`)."""
     methods = suite.methods if suite.methods is not None else registered
     unknown = [m for m in methods + [a.method for a in suite.ablations] if m not in registered]
     if unknown:
@@ -147,8 +166,11 @@ SET_BY_THE_SUITE = {"method": "methods / [[ablations]]", "backbone": "backbones"
 
 
 def _check_before_running(suite: Suite, registered: list[str], rows: list[tuple[str, str, dict]]) -> None:
-    """Every key of every row, checked before the first run trains: a typo in the last row's
-    method_args must not surface after the earlier rows have trained."""
+    """Every key of every row, and the evaluation settings against the data, checked before the
+    first run trains: a typo in the last row's method_args, a kNN k larger than the gallery or a
+    corrupt test video must not surface after the earlier rows have trained. The data check is
+    cheap: videos are probed (header, packet count, first frame), not decoded, and the data set's
+    index caches the result."""
     from backbones import list_backbones
     from methods.base import build_config, get_method
 
@@ -167,6 +189,35 @@ def _check_before_running(suite: Suite, registered: list[str], rows: list[tuple[
             build_config(get_method(method), args)
         except ConfigError as err:
             raise ConfigError(f"{suite.path}: row {row!r}: {err}") from err
+    _check_against_data(suite)
+
+
+def _check_against_data(suite: Suite) -> None:
+    """The evaluation settings against the data: the split, the gallery size, decodable videos."""
+    from evaluation.evaluate import eval_data
+    from harness.data.datasets import DatasetError
+
+    evaluation = eval_config(suite)
+    _check_eval_split(suite, evaluation)
+    if not Path(suite.data.path).exists():
+        raise DatasetError(f"{suite.path}: data.path = {suite.data.path!r}: no such file or folder")
+    try:
+        eval_data(suite.data, evaluation)
+    except ConfigError as err:
+        raise ConfigError(f"{suite.path}: {err}") from err
+
+
+def _check_eval_split(suite: Suite, evaluation) -> None:
+    """Encoders are evaluated on the split they were pretrained on: the test list of another
+    official split shares videos with the train list pretraining read."""
+    splits = {"eval.features.split": evaluation.features.split}
+    if "finetune" in evaluation.protocols or "supervised" in suite.references:
+        splits["eval.finetune.split"] = evaluation.finetune.split
+    for key, split in splits.items():
+        if split != suite.data.split:
+            raise ConfigError(f"{suite.path}: {key} = {split} but data.split = {suite.data.split}: the test list of split {split} "
+                              f"shares videos with the train list of split {suite.data.split} the encoders are pretrained on; "
+                              f"set {key} = {suite.data.split} (or data.split = {split})")
 
 
 def _run_config(suite: Suite, method: str, backbone: str, seed: int, ablation_args: dict, row: str) -> PretrainConfig:
@@ -178,8 +229,9 @@ def _run_config(suite: Suite, method: str, backbone: str, seed: int, ablation_ar
     return from_dict(PretrainConfig, values, where=f"{suite.path}: {row}")
 
 
-def ensure_data(suite: Suite) -> None:
-    """Generate MotionShapes at ``data.path`` when the suite asks for it and it is not there yet."""
+def ensure_data(suite: Suite, *, generate: bool = True) -> None:
+    """Generate MotionShapes at ``data.path`` when the suite asks for it and it is not there yet;
+    with ``generate=False`` (a dry run, which writes nothing) missing data is an error instead."""
     if not suite.synth or (Path(suite.data.path) / "ucfTrainTestlist" / "classInd.txt").exists():
         return
     from harness.data.synthetic import PRESETS, generate_motionshapes
@@ -188,17 +240,46 @@ def ensure_data(suite: Suite) -> None:
     preset = options.pop("preset", "small")
     if preset not in PRESETS:
         raise ConfigError(f"{suite.path}: data.synth.preset: unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    if not generate:
+        raise ConfigError(f"{suite.path}: data.path = {suite.data.path!r} is not generated yet ([data.synth]) and a dry run writes "
+                          f"nothing, so it cannot check that data; generate it first (`vsbench data synth --preset {preset} "
+                          f"--out {suite.data.path}`, with the options of [data.synth]) or run the suite without --dry-run")
     generate_motionshapes(suite.data.path, dataclasses.replace(PRESETS[preset], **options))
 
 
-def run_suite(path: str | Path, *, force: bool = False, tracking_uri: str | None = None) -> list[dict]:
-    """Pretrain and evaluate every run of a suite under one parent MLflow run; returns one record per row run."""
-    from harness.tracking import Tracker
+def plan_suite(path: str | Path, *, contents: dict | None = None, dry_run: bool = False) -> tuple[Suite, list[SuiteRun]]:
+    """The suite at ``path`` (``contents``: its TOML table as changed by ``--set``) and its runs, checked
+    whole against its data (:func:`expand`); ``[data.synth]`` data is generated first, except in a
+    dry run."""
     from methods.base import list_methods
 
-    suite = load_suite(path)
-    runs = expand(suite, list_methods())
-    ensure_data(suite)
+    suite = load_suite(path, contents=contents)
+    ensure_data(suite, generate=not dry_run)
+    return suite, expand(suite, list_methods())
+
+
+def describe_plan(suite: Suite, runs: list[SuiteRun]) -> str:
+    """What ``vsbench run --dry-run`` prints: every pretraining run with its resolved config (one
+    JSON line), the reference runs, and the evaluation settings every encoder goes through."""
+    references = [_reference_name(row, b, s) for b in suite.backbones for s in suite.seeds for row in suite.references]
+    lines = [(f"suite {suite.name} ({suite.path}) on {suite.data.path}: {len(runs)} pretraining run(s), {len(references)} reference "
+              "run(s); dry run: no run started, nothing written to MLflow or the run folders (whether a run finished before is "
+              "looked up only when the suite runs)")]
+    for item in runs:
+        lines += [f"{item.config.run_name} (row {item.row}):", f"  {json.dumps(to_dict(item.config), sort_keys=True)}"]
+    lines += [f"{name} (reference row)" for name in references]
+    lines += ["eval (every run):", f"  {json.dumps(to_dict(eval_config(suite)), sort_keys=True)}"]
+    return "\n".join(lines)
+
+
+def run_suite(path: str | Path, *, contents: dict | None = None, force: bool = False, tracking_uri: str | None = None) -> list[dict]:
+    """Pretrain and evaluate every run of a suite under one parent MLflow run; returns one record per row run.
+
+    ``contents``: the suite file's TOML table as changed by ``--set``. ``force``: rerun finished runs,
+    each from scratch (:func:`_start_afresh`)."""
+    from harness.tracking import Tracker
+
+    suite, runs = plan_suite(path, contents=contents)
     evaluation = eval_config(suite)
     experiment = suite.experiment or suite.name
     records = []
@@ -206,13 +287,46 @@ def run_suite(path: str | Path, *, force: bool = False, tracking_uri: str | None
         parent.log_artifact(path)
         for i, item in enumerate(runs, 1):
             log.info("[%d/%d] %s", i, len(runs), item.config.run_name)
-            records.append(_pretrain_and_evaluate(item, suite, evaluation, parent.run_id, force, tracking_uri))
+            with _foreign_checkpoint_needs_force(item.config.run_name):
+                records.append(_pretrain_and_evaluate(item, suite, evaluation, parent.run_id, force, tracking_uri))
         for backbone in suite.backbones:
             for seed in suite.seeds:
                 for row in suite.references:
-                    records.append(_reference_row(row, backbone, seed, suite, evaluation, parent.run_id, force, tracking_uri))
+                    with _foreign_checkpoint_needs_force(_reference_name(row, backbone, seed)):
+                        records.append(_reference_row(row, backbone, seed, suite, evaluation, parent.run_id, force, tracking_uri))
         records.append({"row": "table", "report": _report(suite, experiment, parent, tracking_uri)})
     return records
+
+
+@contextlib.contextmanager
+def _foreign_checkpoint_needs_force(run_name: str):
+    """Pretraining refuses to resume a checkpoint another configuration wrote. In a suite that means
+    the suite or its data changed since that run: a ConfigError saying to use --force."""
+    from harness.train import ForeignCheckpoint
+
+    try:
+        yield
+    except ForeignCheckpoint as err:
+        raise ConfigError(f"run {run_name}: {err}: the suite's settings or its data changed since that checkpoint was written; "
+                          "rerun with --force, which deletes its last.pt and encoder.pt and trains it afresh") from err
+
+
+def _start_afresh(output_dir: str, *run_names: str) -> None:
+    """``--force``: delete ``last.pt`` and ``encoder.pt`` of these run folders, so their runs train
+    from scratch instead of resuming (a finished checkpoint would be "resumed" with no step, one of
+    another configuration refused). Nothing else in the folders is touched."""
+    from harness.train import CHECKPOINT, ENCODER
+
+    for name in run_names:
+        for file in (Path(output_dir) / name / CHECKPOINT, Path(output_dir) / name / ENCODER):
+            if file.exists():
+                log.info("--force: removing %s, the run starts afresh", file)
+                file.unlink()
+
+
+def _reference_name(row: str, backbone: str, seed: int) -> str:
+    """The run (and run folder) name of a reference row."""
+    return f"{row.replace(' ', '-')}-{backbone}-s{seed}"
 
 
 def _skip_key(*parts) -> str:
@@ -229,11 +343,13 @@ def _finished(experiment: str, key: str, tracking_uri: str | None) -> str | None
 
 
 def _pretrain_and_evaluate(item: SuiteRun, suite: Suite, evaluation, parent_id: str, force: bool, tracking_uri) -> dict:
-    from evaluation.evaluate import evaluate_encoder, protocol_tags
+    from evaluation.evaluate import evaluate_encoder, finetune_run_name, protocol_tags
     from evaluation.protocols import training_stride
     from harness.train import Pretraining, run_tracked
 
     config = dataclasses.replace(item.config, tracking_uri=tracking_uri)
+    if force:
+        _start_afresh(config.output_dir, config.run_name, finetune_run_name(config.run_name))
     run = Pretraining(config, resume=True)
     tags = protocol_tags(evaluation)
     key = _skip_key(run.hash, sorted(tags.items()))
@@ -281,7 +397,9 @@ def _reference_row(row: str, backbone: str, seed: int, suite: Suite, evaluation,
     if done and not force:
         return {"row": row, "run_id": done, "skipped": True}
     device = init_distributed(pretrain.device).device
-    name = f"{row.replace(' ', '-')}-{backbone}-s{seed}"
+    name = _reference_name(row, backbone, seed)
+    if force:
+        _start_afresh(pretrain.output_dir, name)
     run_tags = {"suite": suite.name, "row": row, "kind": "reference", "method": row, "backbone": backbone, "seed": str(seed),
                 "suite_key": key, **tags}
     with Tracker(experiment, name, tracking_uri=tracking_uri, parent_run_id=parent_id, tags=run_tags) as tracker:

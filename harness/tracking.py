@@ -10,6 +10,12 @@ Store layout
     (the CLI's ``--tracking-uri``), points at a tracking server instead; precedence is explicit >
     environment > default (:func:`resolve_tracking_uri`).
 
+    Opening a sqlite store holds an ``flock`` on ``<db>.lock`` beside the database
+    (:func:`harness.io.file_lock`): MLflow creates and migrates the tables of a new database when
+    it first opens it, and two processes doing that at once (two suites started together in a
+    fresh folder) both fail and leave the database broken. A process waits for the other up to
+    :data:`STORE_LOCK_TIMEOUT_S`, then fails naming the store and the process holding it.
+
     One experiment per suite; a parent run per suite invocation; a child run per (method,
     backbone, seed), linked to its parent with MLflow's ``mlflow.parentRunId`` tag. Params are
     the flattened configs (``{"a.b.c": "value"}``, see :func:`flatten_config`); tags carry the
@@ -70,6 +76,17 @@ Fallback when the server is unreachable
     as warnings and the affected call is dropped: tracking never stops training. Exceptions are
     raised only for programming errors (an unknown status passed to :meth:`Tracker.finish`).
 
+Continuing an interrupted run
+    A killed and resumed training run is one logical run, so it is one MLflow run:
+    ``continue_run_id`` names the run an earlier segment logged to, and the tracker reopens it
+    (status RUNNING again, this segment's tags, the ``vsbench.error`` tag of a failed segment
+    removed) instead of creating one. A run that is not in the store's experiment (another store,
+    or deleted) cannot be continued: a new run is created with a warning. A FINISHED run is never
+    reopened (a finished run trained again, or evaluated again with other protocols, is a new run).
+    The resumed segment recomputes the steps between its checkpoint and the crash, and MLflow
+    keeps every value logged, so a continued run drops the values of a metric at steps it already
+    holds for that metric: each step keeps one value, the first.
+
 Finishing
     :meth:`Tracker.finish` marks the run FINISHED, FAILED or KILLED after a last flush. As a
     context manager a tracker finishes FINISHED on a normal exit, FAILED on an exception (whose
@@ -112,6 +129,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
+from harness.io import LockTimeout, file_lock
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -123,6 +142,8 @@ FALLBACK_URI = f"sqlite:///{FALLBACK_DB}"  # relative to the working directory w
 ARTIFACT_DIR = "mlartifacts"
 FALLBACK_ARTIFACT_DIR = "mlartifacts-fallback"
 STATUSES = ("FINISHED", "FAILED", "KILLED")
+#: How long opening a sqlite store waits for another process creating or migrating it.
+STORE_LOCK_TIMEOUT_S = 120.0
 
 #: Tags the tracker writes itself (besides :func:`runtime_tags` and MLflow's own).
 PARENT_TAG = "mlflow.parentRunId"
@@ -235,10 +256,26 @@ def _http_budget():
                 _env_set.clear()
 
 
+def _store_lock(uri: str):
+    """The lock a process holds while MLflow opens the store at ``uri``: the ``<db>.lock`` file of
+    a sqlite store (nothing for a server, or a folder this process cannot write, where nothing
+    can be created or migrated)."""
+    db = _sqlite_path(uri)
+    if db is None or (db.parent.is_dir() and not os.access(db.parent, os.W_OK)):
+        return nullcontext()
+    return file_lock(db.with_name(db.name + ".lock"), timeout=STORE_LOCK_TIMEOUT_S)
+
+
 def _client(uri: str):
+    """A client of the store at ``uri``, opened (created or migrated when new) under :func:`_store_lock`."""
     from mlflow.tracking import MlflowClient
 
-    return MlflowClient(tracking_uri=uri)
+    try:
+        with _store_lock(uri):
+            return MlflowClient(tracking_uri=uri)
+    except LockTimeout as err:
+        raise LockTimeout(f"cannot open the MLflow store {uri}: {err}; that process is creating or migrating the store: let it "
+                          "finish (or end it, if it hangs), then try again") from None
 
 
 # MLflow 3's UI opens an experiment in its GenAI (traces) view unless this tag says model training.
@@ -446,10 +483,11 @@ def _is_outage(exc: BaseException) -> bool:
 class Tracker:
     """One MLflow run: params, tags, buffered metrics, artifacts; rank 0 only; local fallback.
 
-    See the module docstring for the store layout, the buffering and the fallback behaviour.
-    Attributes: ``run_id`` and ``experiment_id`` (None when disabled), ``tracking_uri`` (the
-    store in use: the fallback store after a failure), ``requested_uri`` (the store asked for),
-    ``fell_back`` and ``status`` (the final status once finished).
+    See the module docstring for the store layout, the buffering, the fallback behaviour and
+    ``continue_run_id`` (continuing the run of an interrupted segment). Attributes: ``run_id``
+    and ``experiment_id`` (None when disabled), ``tracking_uri`` (the store in use: the fallback
+    store after a failure), ``requested_uri`` (the store asked for), ``fell_back`` and ``status``
+    (the final status once finished).
     """
 
     def __init__(
@@ -463,6 +501,7 @@ class Tracker:
         enabled: bool | None = None,
         flush_every: int = 200,
         flush_seconds: float = 5.0,
+        continue_run_id: str | None = None,
     ) -> None:
         self.experiment = experiment
         self.run_name = run_name
@@ -495,6 +534,8 @@ class Tracker:
         self._truncated: set[str] = set()
         self._keys: dict[Any, str] = {}
         self._bad_keys: set[str] = set()
+        self._continue_id = continue_run_id
+        self._logged_through: dict[str, int] = {}  # a continued run: metric key -> last step it holds
         self._client = None
         self._start_ms = int(time.time() * 1000)
         try:
@@ -536,7 +577,9 @@ class Tracker:
             client = _client(self.tracking_uri)
             with _http_budget() if self._remote else nullcontext():
                 exp_id = _experiment_id(client, self.experiment, _artifact_root(self.tracking_uri))
-                run = client.create_run(exp_id, start_time=self._start_ms, tags=self._tags, run_name=self.run_name)
+                run = self._reopen(client, exp_id) if self._continue_id else None
+                if run is None:
+                    run = client.create_run(exp_id, start_time=self._start_ms, tags=self._tags, run_name=self.run_name)
         except Exception as e:
             if self._remote and _is_outage(e):
                 self._start_fallback(f"{type(e).__name__}: {e}")
@@ -547,6 +590,35 @@ class Tracker:
                 )
             return
         self._client, self.experiment_id, self.run_id = client, exp_id, run.info.run_id
+
+    def _reopen(self, client, exp_id: str):
+        """The run ``continue_run_id`` set RUNNING again with this segment's tags, or None when it
+        cannot be continued (see "Continuing an interrupted run" in the module docstring)."""
+        from mlflow.entities import RunTag
+        from mlflow.exceptions import MlflowException
+
+        run_id = self._continue_id
+        try:
+            run = client.get_run(run_id)
+        except MlflowException as e:
+            if e.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            run = None
+        if run is None or run.info.experiment_id != exp_id or run.info.lifecycle_stage != "active":
+            log.warning("MLflow run %s, where %r was tracked before, is not a run of experiment %r in %s; tracking %r as a new run",
+                        run_id, self.run_name, self.experiment, self.tracking_uri, self.run_name)
+            return None
+        if run.info.status == "FINISHED":
+            log.info("MLflow run %s of %r finished before; tracking this one as a new run", run_id, self.run_name)
+            return None
+        client.update_run(run_id, status="RUNNING")
+        if ERROR_TAG in run.data.tags:  # the error of the failed segment is not this run's outcome
+            client.delete_tag(run_id, ERROR_TAG)
+        client.log_batch(run_id, tags=[RunTag(k, v) for k, v in self._tags.items()], synchronous=True)
+        self._params.update(run.data.params)
+        self._logged_through = {key: max(m.step for m in client.get_metric_history(run_id, key)) for key in run.data.metrics}
+        log.info("continuing MLflow run %s of %r (it was %s)", run_id, self.run_name, run.info.status)
+        return run
 
     def _start_fallback(self, reason: str, quiet: bool = False) -> None:
         """Move the run to the local fallback store and replay everything journaled (lock held)."""
@@ -718,7 +790,7 @@ class Tracker:
         """Buffer metric values at ``step`` (sent in the background; see the module docstring).
 
         NaN and inf are logged as they are. Values that ``float()`` cannot convert are skipped
-        with a warning (once per key).
+        with a warning (once per key). A continued run drops values at steps it already holds.
         """
         if not self._active:
             return
@@ -730,6 +802,9 @@ class Tracker:
             key = keys.get(k)
             if key is None:
                 key = keys[k] = self._key(k, "metric")
+            through = self._logged_through.get(key)
+            if through is not None and step <= through:
+                continue
             try:
                 value = float(v)
             except (TypeError, ValueError):

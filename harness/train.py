@@ -21,6 +21,14 @@ Its cost (training time, clips, peak memory) and last loss are totals over all i
 (a killed and resumed run has several), stored in every checkpoint; re-running a finished run
 reports those stored totals, and a total that is unknown is reported as NaN and never logged.
 
+One process at a time trains in a run folder: rank 0 holds the folder's lock (``run.lock``,
+:func:`harness.io.run_folder_lock`) while a run trains and is tracked, and a second process is
+refused at once with :class:`~harness.io.RunFolderLocked`, naming the holder. A killed and resumed
+run is one MLflow run: ``mlflow_run.json`` in the run folder names the MLflow run it logs to, and
+a resumed segment continues that run (see "Continuing an interrupted run" in
+:mod:`harness.tracking`); metrics are sent to MLflow before every checkpoint, so a crash loses
+none of the steps the checkpoint holds.
+
 Batch size means the *global* batch of one optimizer step: each rank loads
 ``batch_size / (world_size * accumulate)`` videos per micro-batch.
 """
@@ -30,11 +38,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import inspect
+import json
 import logging
 import math
 import os
 import resource
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,12 +62,13 @@ from harness.data.sampling import ClipSpec
 from harness.data.symmetry import check_flip
 from harness.data.transforms import VideoAugment
 from harness.distributed import DistInfo, convert_sync_batchnorm, init_distributed
-from harness.io import atomic_write, remove_stale_temp_files
+from harness.io import RunFolderLocked, atomic_write, remove_stale_temp_files, run_folder_lock, write_json_atomic
 from methods.base import DataSpec, Method, Recipe, StepOutput, TrainState, config_dict, create_method
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "last.pt"
 ENCODER = "encoder.pt"
+MLFLOW_RUN = "mlflow_run.json"  # the MLflow run a run folder's run logs to, and the configuration it belongs to
 _OPTIMIZERS = {"sgd": "momentum", "adam": "adam", "adamw": "adamw"}  # vsbench name -> timm name (timm's "sgd" is Nesterov)
 SCHEDULES = ("none", "step", "multistep", "cosine")
 
@@ -69,6 +80,11 @@ class NonFiniteLoss(RuntimeError):
 class NonFiniteWeights(NonFiniteLoss):
     """Weights, buffers or optimizer state hold NaN or Inf; the message names the step, the
     tensors and the last good checkpoint, which is left as it was."""
+
+
+class ForeignCheckpoint(ValueError):
+    """The run folder's ``last.pt`` was written by another configuration (or other data): resuming
+    it would mix two runs. The message names the file and both configuration hashes."""
 
 
 class NothingTrained(RuntimeError):
@@ -271,6 +287,16 @@ def load_checkpoint(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def _file_version(path: Path) -> tuple[int, int, int] | None:
+    """What tells one version of ``path`` from another (an atomic write makes a new inode), or None
+    when there is no file."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
 def load_encoder_weights(backbone: nn.Module, path: str | os.PathLike) -> None:
     """Load an ``encoder.pt`` written by a pretraining run into ``backbone`` (strict: same architecture)."""
     saved = load_checkpoint(Path(path))
@@ -315,7 +341,10 @@ class Pretraining:
         if self.dist.is_main:
             for path in remove_stale_temp_files(self.run_dir):
                 log.warning("removed %s, left by an interrupted write whose process is gone", path)
-        if resume and (self.run_dir / CHECKPOINT).exists():
+        self.resume = resume
+        self._locked = False
+        self._checkpoint_known = _file_version(self.run_dir / CHECKPOINT)  # the version of last.pt this run read (or wrote last)
+        if resume and self._checkpoint_known is not None:
             self._restore(load_checkpoint(self.run_dir / CHECKPOINT))
 
     def _setup_loader(self) -> None:
@@ -362,6 +391,47 @@ class Pretraining:
         return nn.parallel.DistributedDataParallel(method, device_ids=ids, find_unused_parameters=getattr(method, "find_unused_parameters", False),
                                                    **sync)
 
+    # --------------------------------------------------------------------- the run folder
+
+    @contextlib.contextmanager
+    def folder_locked(self) -> Iterator[None]:
+        """Hold the run folder's lock for the ``with`` block (rank 0; the outermost block of this
+        run takes it, nested ones share it): another process training here raises
+        :class:`~harness.io.RunFolderLocked`. So does a checkpoint that another process wrote
+        after this run read it to resume: continuing from the older one would undo that work."""
+        if self._locked or not self.dist.is_main:
+            yield
+            return
+        with run_folder_lock(self.run_dir):
+            path = self.run_dir / CHECKPOINT
+            if self.resume and _file_version(path) != self._checkpoint_known:
+                raise RunFolderLocked(f"{path} changed after this run read it: another process trained in {self.run_dir} "
+                                      "meanwhile; start this run again to resume from where that one got to")
+            self._locked = True
+            try:
+                yield
+            finally:
+                self._locked = False
+
+    def tracked_run_id(self) -> str | None:
+        """The MLflow run that an earlier segment of this run logged to (``mlflow_run.json``), when
+        it was this configuration's; a resumed run continues it."""
+        path = self.run_dir / MLFLOW_RUN
+        if not path.exists():
+            return None
+        record = json.loads(path.read_text(encoding="utf-8"))
+        if record.get("config_hash") != self.hash:
+            log.info("%s names an MLflow run of another configuration (%s); this run is tracked as a new one", path,
+                     record.get("config_hash"))
+            return None
+        return record.get("run_id")
+
+    def remember_run_id(self, run_id: str | None) -> None:
+        """Write ``mlflow_run.json``: ``run_id`` is the MLflow run this run logs to (rank 0; nothing
+        when tracking is off)."""
+        if run_id is not None and self.dist.is_main:
+            write_json_atomic(self.run_dir / MLFLOW_RUN, {"run_id": run_id, "config_hash": self.hash})
+
     # --------------------------------------------------------------------- checkpoint state
 
     def _checkpoint_state(self, finished: bool) -> dict:
@@ -383,7 +453,8 @@ class Pretraining:
     def _restore(self, ckpt: dict) -> None:
         path = self.run_dir / CHECKPOINT
         if ckpt["config_hash"] != self.hash:
-            raise ValueError(f"{path} was written by a different configuration ({ckpt['config_hash']} != {self.hash})")
+            raise ForeignCheckpoint(f"{path} was written by a different configuration ({ckpt['config_hash']} != {self.hash}); "
+                                    "train this one in another folder (--output-dir) or delete that last.pt to start afresh")
         bad = non_finite_tensors(_checkpoint_tensors(ckpt))
         if bad:
             raise NonFiniteWeights(f"{path} holds NaN/Inf in {len(bad)} tensors ({_name_some(bad)}): resuming it would train on "
@@ -408,13 +479,17 @@ class Pretraining:
 
     def save(self, finished: bool = False) -> None:
         """Write ``last.pt`` (rank 0), after checking that every weight, buffer and optimizer
-        state is finite: a diverged step never replaces the previous good checkpoint."""
+        state is finite: a diverged step never replaces the previous good checkpoint. The
+        tracker's buffered metrics are sent first, so the store holds every step the checkpoint does."""
         self._check_weights(_checkpoint_tensors({"model": self.method.state_dict(), "optimizer": self.optimizer.state_dict()}),
                             CHECKPOINT)
         self.saved_totals = self.totals()
+        if self.tracker is not None:
+            self.tracker.flush()
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_checkpoint(self.run_dir / CHECKPOINT, self._checkpoint_state(finished))
+            self._checkpoint_known = _file_version(self.run_dir / CHECKPOINT)
 
     def _check_weights(self, tensors: dict, file: str) -> None:
         """Raise :class:`NonFiniteWeights` before ``file`` is written if a tensor holds NaN or Inf."""
@@ -563,8 +638,13 @@ class Pretraining:
             self.tracker.log_metrics({"data/skipped": self.skipped_total}, step=self.state.step)
 
     def run(self) -> PretrainResult:
-        """Train from the current position to the last epoch; returns what the run produced, as
-        totals over all its segments (a finished run reports its stored totals)."""
+        """Train from the current position to the last epoch, holding the run folder's lock;
+        returns what the run produced, as totals over all its segments (a finished run reports its
+        stored totals)."""
+        with self.folder_locked():
+            return self._train_to_last_epoch()
+
+    def _train_to_last_epoch(self) -> PretrainResult:
         self._start_segment()
         self.scheduler.step_update(self.state.step)
         first_epoch = self.state.epoch
@@ -660,20 +740,28 @@ def run_tracked(
     config_file: str | os.PathLike | None = None,
     after=None,
 ) -> PretrainResult:
-    """Train ``run`` to its last epoch inside an MLflow run.
+    """Train ``run`` to its last epoch inside an MLflow run, holding the run folder's lock throughout.
 
     Logged: the flattened config, resolved recipe and method config as params; per-step metrics;
     the config (resolved JSON, and ``config_file`` when given) and the final encoder weights as
     artifacts. A failure (including a non-finite loss) marks the MLflow run FAILED. ``after``
     (``after(run, result, tracker)``) runs inside the same MLflow run, e.g. to log evaluations.
+    A resumed run continues the MLflow run of its earlier segments (:meth:`Pretraining.tracked_run_id`).
     """
+    with run.folder_locked():
+        return _train_and_track(run, parent_run_id=parent_run_id, tags=tags, config_file=config_file, after=after)
+
+
+def _train_and_track(run: Pretraining, *, parent_run_id, tags, config_file, after) -> PretrainResult:
     from harness.tracking import Tracker
 
     config = run.config
     run_tags = {"config_hash": run.hash, "dataset_fingerprint": run.videos.fingerprint(), "method": config.method,
                 "backbone": config.backbone, "seed": str(config.seed), **(tags or {})}
+    earlier = run.tracked_run_id() if run.resume and run.dist.is_main else None
     with Tracker(config.experiment, run.run_dir.name, tracking_uri=config.tracking_uri, parent_run_id=parent_run_id, tags=run_tags,
-                 enabled=run.dist.is_main) as tracker:
+                 enabled=run.dist.is_main, continue_run_id=earlier) as tracker:
+        run.remember_run_id(tracker.run_id)
         run.tracker = tracker
         description = run.describe()
         tracker.log_params(description)

@@ -44,7 +44,7 @@ Switches (config fields): ``static_branch`` (False removes the static view and t
 ``warmup_iterations`` (0 = off). Neighbour mining uses the branches that are on (P_v from the
 one similarity that remains, or a single positive when neither does).
 
-Defects of the released code (METHODS.md 3.8) and how they are resolved here:
+Defects of the released code (docs/methods/dclr.md) and how they are resolved here:
 
 1. ``extract_feature(train=False)`` unpacks 4 of the encoder's 5 outputs: the evident 5-way
    mapping (vc, sc, dc, sv, dv) is used.
@@ -190,7 +190,7 @@ def reweighted_pool(features: torch.Tensor, weight: torch.Tensor | None) -> torc
 def map_regularizer(rgb_map: torch.Tensor, target_map: torch.Tensor) -> torch.Tensor:
     """``mean((normalize_map(rgb_map) - normalize_map(target_map))^2)``: the RGB activation map
     (with gradient) pulled toward the sum of the static and dynamic maps (a constant target).
-    The evident intent of the released, non-broadcasting term (METHODS.md 3.8 item 3)."""
+    The evident intent of the released, non-broadcasting term (docs/methods/dclr.md)."""
     return F.mse_loss(normalize_map(rgb_map.float()), normalize_map(target_map.detach().float()))
 
 

@@ -98,8 +98,8 @@ Deviations from the official code, and why:
 - The sinkhorn is ``methods.losses.sinkhorn_knopp`` on the gathered (or queued) logits with
   ``all_reduce=False``: every rank holds the same global scores, as in the original.
 - Data: the harness decodes videos (or frame folders) and resizes to ``decode_size`` = the
-  original's 150x200 (H x W) scaled by ``crop / 112``. Videos shorter than the window loop
-  (the original drops videos with <= 32 frames). The crop is the harness's RandomResizedCrop with
+  original's 150x200 (H x W) scaled by ``crop / 112``. Videos shorter than the window are
+  skipped and named by the loader (the original drops videos with <= 32 frames). The crop is the harness's RandomResizedCrop with
   the original's area (0.5, 1) and aspect (3/4, 4/3); jitter (0.5, 0.5, 0.5, 0.25) with p 1 and
   the channel-split greyscale with p 0.5 are drawn per frame (``per_frame_colour=True``, as the
   original's ``consistent=False``) or per clip (False); the jitter order is the harness's fixed
@@ -193,7 +193,7 @@ class MLFOConfig:
 
 
 def loss_weights(c: MLFOConfig) -> dict[str, float]:
-    """The weight of every loss part in the total (METHODS.md 2.4 "Total loss"); the graph
+    """The weight of every loss part in the total (the paper's total loss, docs/methods/mlfo.md); the graph
     part already holds its level weights (high + 0.5 mid + 0.3 low)."""
     wh, wm, wl = c.level_weights
     return {"high": wh, "fine_high": wh, "mid": wm, "fine_mid": wm, "low": wl, "fine_low": wl,
@@ -419,7 +419,7 @@ def graph_loss(
 
 
 def mlfo_augment(c: MLFOConfig) -> AugmentConfig:
-    """METHODS.md 2.2: crop area (0.5, 1), aspect (3/4, 4/3), flip 0.5, jitter (0.5, 0.5, 0.5,
+    """The paper's augmentation: crop area (0.5, 1), aspect (3/4, 4/3), flip 0.5, jitter (0.5, 0.5, 0.5,
     0.25) with p 1, channel-split grey p 0.5, both per frame unless ``per_frame_colour=False``;
     no blur; ImageNet normalisation."""
     return AugmentConfig(size=(c.crop, c.crop), scale=(0.5, 1.0), ratio=(3 / 4, 4 / 3), flip_p=0.5,

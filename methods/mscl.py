@@ -48,7 +48,7 @@ aug flow branch, ``L_flow_aug``, ``L_cross_aug``, and the rotated frames as LMCL
 ``mds`` (the "mds" sampler vs. uniform random starts), ``cross_modal`` (``L_cross`` and
 ``L_cross_aug``).
 
-Which flow is "base" and which is "aug" (METHODS.md 4.5). The shipped model splits each flow
+Which flow is "base" and which is "aug" (docs/methods/mscl.md). The shipped model splits each flow
 tensor in two halves along time, meaning ``[flow(clip), rotated(clip)]``, but the shipped
 two-clip pipeline hands it ``[base(clip1), base(clip2)]`` (query crop) and
 ``[rot(clip1), rot(clip2)]`` (key crop). ``layout="intended"`` (default) is what the single-clip
@@ -152,7 +152,7 @@ class MSCLConfig:
     flow_rotation: bool = True
     mds: bool = True
     cross_modal: bool = True
-    layout: str = "intended"  # intended | shipped (METHODS.md 4.5)
+    layout: str = "intended"  # intended | shipped (docs/methods/mscl.md)
     aug_sees_new_flow_keys: bool = True  # as shipped: the aug-flow / RGB->flow terms see k_f in the queue
     flow_ema_per_step: int = 1  # 2 = the original's two flow EMA updates per step at double schedule speed
     shuffle_bn: bool = True  # shuffle key batches across ranks (ignored in one process or with SyncBN)

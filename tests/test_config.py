@@ -86,3 +86,22 @@ def test_the_ends_of_the_valid_ranges_are_accepted():
     cfg = from_dict(PretrainConfig, {"momentum": 0, "weight_decay": 0, "clip_grad": 0, "warmup_epochs": 0, "knn_every": 0,
                                      "milestones": [0], "epochs": 1, "lr": 1e-12, "data": {"workers": 0}})
     assert cfg.momentum == 0.0 and cfg.clip_grad == 0.0 and cfg.epochs == 1
+
+
+def test_unreadable_inputs_end_in_one_error_line_naming_what_to_fix(tmp_path, motionshapes_tiny, capsys):
+    import torch
+
+    from harness.cli import main
+
+    toml = tmp_path / "latin1.toml"
+    toml.write_bytes(b'name = "caf\xe9"\n')  # Latin-1, not UTF-8
+    assert main(["run", str(toml), "--dry-run"]) == 2
+    assert f"{toml}: not UTF-8 text (byte 11)" in capsys.readouterr().err
+    missing = tmp_path / "no-such-data"
+    assert main(["pretrain", "--method", "moco", "--data", str(missing), "--tracking-uri", f"sqlite:///{tmp_path}/m.db"]) == 2
+    assert f"{missing}: no such file or folder" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        args = ["pretrain", "--method", "moco", "--backbone", "r3d_tiny", "--data", str(motionshapes_tiny), "--device", "cuda",
+                "--output-dir", str(tmp_path / "runs"), "--tracking-uri", f"sqlite:///{tmp_path}/m.db"]
+        assert main(args) == 2
+        assert "device = 'cuda' was asked for, but torch finds no usable GPU" in capsys.readouterr().err

@@ -1,12 +1,15 @@
-"""Suites are checked whole before the first run trains: every row's keys, overrides and backbones."""
+"""Suites are checked whole before the first run trains: every row's keys, overrides and backbones,
+and the evaluation settings against the data (split, gallery size)."""
 
 from __future__ import annotations
 
 import pytest
 
 from harness.config import ConfigError
+from harness.data.datasets import DatasetError
 from harness.suite import expand, load_suite
 from methods.base import list_methods
+from tests.helpers import write_ucf_like
 
 BASE = """
 name = "v"
@@ -14,20 +17,34 @@ seeds = [0]
 backbones = ["r3d_tiny"]
 methods = ["moco"]
 [data]
-path = "data/none"
+path = "{data}"
 [pretrain]
 epochs = 1
+[eval]
+protocols = ["knn", "retrieval"]
+knn_k = 4
+retrieval_ks = [1, 4]
 """
 
 
-def _expand(tmp_path, extra: str):
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """4 train videos (the gallery) and 2 test videos, in UCF101's layout."""
+    return write_ucf_like(tmp_path_factory.mktemp("suite") / "ucf", {"MoveLeft": 3, "MoveRight": 3})
+
+
+def _suite(tmp_path, data, extra: str = ""):
     path = tmp_path / "suite.toml"
-    path.write_text(BASE + extra)
-    return expand(load_suite(path), list_methods())
+    path.write_text(BASE.format(data=data) + extra)
+    return path
 
 
-def test_a_valid_suite_expands(tmp_path):
-    runs = _expand(tmp_path, '[[ablations]]\nname = "iic-cmc"\nmethod = "iic"\nmethod_args = { intra_negative = false }\n')
+def _expand(tmp_path, data, extra: str):
+    return expand(load_suite(_suite(tmp_path, data, extra)), list_methods())
+
+
+def test_a_valid_suite_expands(tmp_path, data):
+    runs = _expand(tmp_path, data, '[[ablations]]\nname = "iic-cmc"\nmethod = "iic"\nmethod_args = { intra_negative = false }\n')
     assert [r.row for r in runs] == ["moco", "iic-cmc"]
 
 
@@ -38,20 +55,56 @@ def test_a_valid_suite_expands(tmp_path):
     ('[pretrain.data]\npath = "x"\n', r"pretrain.data: set by the suite itself; use \[data\]"),
     ('[overrides.moco]\nseed = 3\n', r"overrides.moco.seed: set by the suite itself; use seeds"),
 ])
-def test_every_key_is_checked_before_training(tmp_path, extra, message):
+def test_every_key_is_checked_before_training(tmp_path, data, extra, message):
     with pytest.raises(ConfigError, match=message):
-        _expand(tmp_path, extra)
+        _expand(tmp_path, data, extra)
 
 
-def test_pretrain_keys_the_suite_sets_itself_are_refused(tmp_path):
+def test_pretrain_keys_the_suite_sets_itself_are_refused(tmp_path, data):
     path = tmp_path / "suite.toml"
-    path.write_text(BASE.replace("epochs = 1", "epochs = 1\nrun_name = \"mine\""))
+    path.write_text(BASE.format(data=data).replace("epochs = 1", "epochs = 1\nrun_name = \"mine\""))
     with pytest.raises(ConfigError, match="pretrain.run_name: set by the suite itself"):
         expand(load_suite(path), list_methods())
 
 
-def test_unknown_backbone_is_refused(tmp_path):
+def test_unknown_backbone_is_refused(tmp_path, data):
     path = tmp_path / "suite.toml"
-    path.write_text(BASE.replace('backbones = ["r3d_tiny"]', 'backbones = ["r3d_tiiny"]'))
+    path.write_text(BASE.format(data=data).replace('backbones = ["r3d_tiny"]', 'backbones = ["r3d_tiiny"]'))
     with pytest.raises(ConfigError, match="unknown backbone 'r3d_tiiny'"):
+        expand(load_suite(path), list_methods())
+
+
+@pytest.mark.parametrize("old, new, message", [
+    ("knn_k = 4", "knn_k = 5", r"eval.knn_k = 5: knn ranks the 4 videos of the train split 1 of .*ucf \(the gallery\); valid: every k at most 4"),
+    ("retrieval_ks = [1, 4]", "retrieval_ks = [1, 5]", r"eval.retrieval_ks = \[1, 5\]: retrieval ranks the 4 videos .*at most 4"),
+])
+def test_a_k_larger_than_the_gallery_is_refused(tmp_path, data, old, new, message):
+    path = tmp_path / "suite.toml"
+    path.write_text(BASE.format(data=data).replace(old, new))
+    with pytest.raises(ConfigError, match=f"{path}: {message}"):
+        expand(load_suite(path), list_methods())
+
+
+def test_settings_of_protocols_the_suite_does_not_run_are_not_checked(tmp_path, data):
+    path = tmp_path / "suite.toml"
+    text = BASE.format(data=data).replace('protocols = ["knn", "retrieval"]', 'protocols = ["linear"]').replace("knn_k = 4", "knn_k = 50")
+    path.write_text(text + "[eval.finetune]\nsplit = 3\n")  # nothing fine-tunes: its split is not used
+    assert [r.row for r in expand(load_suite(path), list_methods())] == ["moco"]
+
+
+@pytest.mark.parametrize("prefix, extra, message", [
+    ("", "[eval.features]\nsplit = 2\n", r"eval.features.split = 2 but data.split = 1: .*set eval.features.split = 1 \(or data.split = 2\)"),
+    ('references = ["supervised"]\n', "[eval.finetune]\nsplit = 3\n", r"eval.finetune.split = 3 but data.split = 1"),  # it fine-tunes
+])
+def test_an_evaluation_split_other_than_data_split_is_refused(tmp_path, data, prefix, extra, message):
+    path = tmp_path / "suite.toml"
+    path.write_text(prefix + BASE.format(data=data) + extra)
+    with pytest.raises(ConfigError, match=f"{path}: {message}"):
+        expand(load_suite(path), list_methods())
+
+
+def test_a_missing_data_set_is_refused_naming_data_path(tmp_path, data):
+    path = tmp_path / "suite.toml"
+    path.write_text(BASE.format(data=tmp_path / "nowhere"))
+    with pytest.raises(DatasetError, match=r"suite.toml: data.path = '.*nowhere': no such file or folder"):
         expand(load_suite(path), list_methods())

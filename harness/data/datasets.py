@@ -582,6 +582,8 @@ def _check_split_subset(split: int, subset: str) -> None:
 def detect_format(path: str | os.PathLike) -> str:
     """'csv', 'ucf101' or 'hmdb51' from what lies at ``path``."""
     p = Path(path)
+    if not p.exists():
+        raise DatasetError(f"{p}: no such file or folder; give the root of a UCF101/HMDB51 copy or a CSV list")
     if p.is_file() and p.suffix.lower() in (".csv", ".txt"):
         return "csv"
     for ann in (p / "ucfTrainTestlist", p / "splits", p / "annotations", p):

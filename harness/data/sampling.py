@@ -131,7 +131,7 @@ def overview_clips(num_frames: int, frames: int, rate: tuple[float, float], rng:
 
     The rate is ``sr ~ U(lo, min(hi, n / (2 frames)))`` (never below ``lo``), the start
     ``s ~ randint(0, n - sr * 2 frames)`` and the window ``round(s + sr * arange(2 frames))``
-    (METHODS.md 2.2). A is its first half, B its second half and G every other index, so position
+    (MLFO's sampling rule, docs/methods/mlfo.md). A is its first half, B its second half and G every other index, so position
     m of G falls on the same frames as position m of the pooled [A | B]. A video too short for the
     window at rate ``lo`` loops (or clamps) like :func:`random_clips`.
     """
