@@ -26,6 +26,8 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.flop_counter import FlopCounterMode
 
+from harness.config import UnknownNameError
+
 
 STAGE_NAMES: tuple[str, ...] = ("stem", "layer1", "layer2", "layer3", "layer4")
 POOLED = "pooled"
@@ -108,11 +110,8 @@ def init_weights(module: nn.Module) -> None:
 # Registry
 
 
-class UnknownBackboneError(KeyError, ValueError):
+class UnknownBackboneError(UnknownNameError):
     """An unregistered backbone name; catchable as KeyError or ValueError. Lists the valid names."""
-
-    def __str__(self) -> str:  # KeyError would print the repr of the message
-        return str(self.args[0]) if self.args else ""
 
 
 _REGISTRY: dict[str, Callable[..., VideoBackbone]] = {}

@@ -50,7 +50,7 @@ from torch import Tensor, nn
 
 from evaluation.features import STREAM, _unwrap, clip_features, crop_clips, encoder_input
 from evaluation.protocols import FeatureProtocol
-from harness.data.datasets import VideoDataset
+from harness.data.datasets import DatasetError, VideoDataset
 from harness.data.loader import ClipDataset, LoadRequest
 from harness.data.modalities import read_flow, static_view
 from harness.data.sampling import ClipSpec
@@ -305,7 +305,7 @@ def load_bias_alignment(dataset_root: str | os.PathLike, videos: VideoDataset) -
     ``dataset_root`` is the MotionShapes folder holding ``motionshapes_meta.csv`` (its ``UCF-101/``
     video folder, or the CSV itself, also work). The CSV's ``path`` is relative to ``UCF-101/``
     with the extension (``MoveLeft/v_MoveLeft_g01_c01.avi``); a :class:`VideoRecord` key is the
-    same path without it. A video missing from the CSV raises ``KeyError`` naming it.
+    same path without it. A video missing from the CSV raises ``DatasetError`` naming it.
     """
     file = _meta_file(dataset_root)
     table: dict[str, bool] = {}
@@ -322,6 +322,7 @@ def load_bias_alignment(dataset_root: str | os.PathLike, videos: VideoDataset) -
     for r in videos.records:
         key = r.key.replace("\\", "/")
         if key not in table:
-            raise KeyError(f"{r.path}: no row for {key!r} in {file}")
+            raise DatasetError(f"{r.path}: no row for {key!r} in {file}; regenerate the metadata with the data "
+                               "(`vsbench data synth`) or remove the video from the split")
         out.append(table[key])
     return torch.tensor(out, dtype=torch.bool)

@@ -463,7 +463,7 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``vsbench`` console script."""
-    from harness.config import ConfigError
+    from harness.config import ConfigError, UnknownNameError
     from harness.data.datasets import DatasetError
     from harness.data.symmetry import SymmetryError
     from harness.data.video import CorruptVideo
@@ -475,11 +475,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (UserError, ConfigError, DatasetError, SymmetryError, CorruptVideo, RunFolderLocked, LockTimeout,
-            ForeignCheckpoint) as err:
+            ForeignCheckpoint, UnknownNameError) as err:
         print(f"vsbench: error: {err}", file=sys.stderr)
-        return 2
-    except KeyError as err:  # unknown method or backbone: the message lists the valid names
-        print(f"vsbench: error: {err.args[0] if err.args else err}", file=sys.stderr)
         return 2
     except (NonFiniteLoss, NothingTrained) as err:
         print(f"vsbench: training stopped: {err}", file=sys.stderr)

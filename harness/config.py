@@ -31,6 +31,14 @@ class ConfigError(ValueError):
     """A configuration value that cannot be used; the message names the key."""
 
 
+class UnknownNameError(KeyError, ValueError):
+    """A name no registry holds (method, backbone, clip sampler); the message lists the valid
+    names. Catchable as KeyError or ValueError; the CLI prints it as one error line."""
+
+    def __str__(self) -> str:  # KeyError would print the repr of the message
+        return str(self.args[0]) if self.args else ""
+
+
 def _type_name(tp) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 

@@ -31,6 +31,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn as nn
 
+from harness.config import UnknownNameError
 from harness.data.transforms import AugmentConfig
 
 ENTRY_POINT_GROUP = "vsbench.methods"
@@ -188,7 +189,7 @@ def get_method(name: str) -> type[Method]:
     """The Method class registered as ``name``; an unknown name lists the valid ones."""
     _load_methods()
     if name not in _METHODS:
-        raise KeyError(f"unknown method {name!r}; registered methods: {', '.join(sorted(_METHODS))}")
+        raise UnknownNameError(f"unknown method {name!r}; registered methods: {', '.join(sorted(_METHODS))}")
     return _METHODS[name]
 
 

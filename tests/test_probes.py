@@ -21,7 +21,7 @@ from evaluation.probes import (
     static_bias_gap,
 )
 from evaluation.protocols import FeatureProtocol
-from harness.data.datasets import open_dataset
+from harness.data.datasets import DatasetError, open_dataset
 from harness.data.loader import ClipDataset, LoadRequest
 from harness.data.sampling import ClipSpec
 from harness.data.transforms import normalize
@@ -182,5 +182,5 @@ def test_bias_alignment_follows_the_metadata_csv(motionshapes_tiny, test_set, tm
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(r for r in rows if r["path"] != test_set.records[2].key + ".avi")
-    with pytest.raises(KeyError, match=test_set.records[2].key):
+    with pytest.raises(DatasetError, match=test_set.records[2].key):
         load_bias_alignment(tmp_path, test_set)

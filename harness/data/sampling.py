@@ -36,6 +36,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from harness.config import UnknownNameError
+
 if TYPE_CHECKING:
     from harness.data.datasets import VideoDataset
     from harness.data.loader import LoadRequest
@@ -209,7 +211,7 @@ def frames_needed(name: str | None, spec: ClipSpec) -> int:
     """The fewest frames a video needs for the training sampler ``name`` (None = "random") and ``spec``."""
     name = name or "random"
     if name not in list_samplers():
-        raise KeyError(f"unknown clip sampler {name!r}; registered samplers: {', '.join(list_samplers())}")
+        raise UnknownNameError(f"unknown clip sampler {name!r}; registered samplers: {', '.join(list_samplers())}")
     return _NEEDS[name](spec)
 
 
@@ -224,7 +226,7 @@ def build_sampler(name: str | None, videos: VideoDataset, request: LoadRequest) 
     """The sampler registered as ``name`` (None = "random") for ``videos``; unknown names list the valid ones."""
     name = name or "random"
     if name not in list_samplers():
-        raise KeyError(f"unknown clip sampler {name!r}; registered samplers: {', '.join(list_samplers())}")
+        raise UnknownNameError(f"unknown clip sampler {name!r}; registered samplers: {', '.join(list_samplers())}")
     return _SAMPLERS[name](videos, request)
 
 
