@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import shlex
 import sys
 from pathlib import Path
 
@@ -317,7 +318,9 @@ def _cmd_run(args) -> int:
     if args.dry_run:
         print(describe_plan(*plan_suite(args.suite, contents=contents, dry_run=True)))
         return 0
-    records = run_suite(args.suite, contents=contents, force=args.force, tracking_uri=args.tracking_uri)
+    options = [part for value in args.set for part in ("--set", value)] + (["--force"] if args.force else [])
+    command = shlex.join(["vsbench", "run", str(args.suite), *options])
+    records = run_suite(args.suite, contents=contents, force=args.force, tracking_uri=args.tracking_uri, command=command)
     runs = [r for r in records if "run_id" in r]
     done = sum(not r["skipped"] for r in runs)
     print(f"suite {args.suite}: {done} runs done now, {len(runs) - done} skipped (finished before)")

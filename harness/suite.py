@@ -272,19 +272,26 @@ def describe_plan(suite: Suite, runs: list[SuiteRun]) -> str:
     return "\n".join(lines)
 
 
-def run_suite(path: str | Path, *, contents: dict | None = None, force: bool = False, tracking_uri: str | None = None) -> list[dict]:
+def run_suite(path: str | Path, *, contents: dict | None = None, force: bool = False, tracking_uri: str | None = None,
+              command: str | None = None) -> list[dict]:
     """Pretrain and evaluate every run of a suite under one parent MLflow run; returns one record per row run.
 
     ``contents``: the suite file's TOML table as changed by ``--set``. ``force``: rerun finished runs,
-    each from scratch (:func:`_start_afresh`)."""
+    each from scratch (:func:`_start_afresh`). ``command``: the command line that started the suite
+    (default ``vsbench run <path>``), written under the table and tagged on the parent run; with
+    ``--set`` options it names them, and the parent run holds the suite as resolved
+    (``suite_resolved.json``), so a table never hides what changed its settings."""
     from harness.tracking import Tracker
 
     suite, runs = plan_suite(path, contents=contents)
     evaluation = eval_config(suite)
     experiment = suite.experiment or suite.name
+    command = command or f"vsbench run {path}"
     records = []
-    with Tracker(experiment, f"suite-{suite.name}", tracking_uri=tracking_uri, tags={"suite": suite.name, "kind": "suite"}) as parent:
+    with Tracker(experiment, f"suite-{suite.name}", tracking_uri=tracking_uri,
+                 tags={"suite": suite.name, "kind": "suite", "suite.command": command}) as parent:
         parent.log_artifact(path)
+        parent.log_dict(contents if contents is not None else load_toml(path), "suite_resolved.json")
         for i, item in enumerate(runs, 1):
             log.info("[%d/%d] %s", i, len(runs), item.config.run_name)
             with _foreign_checkpoint_needs_force(item.config.run_name):
@@ -294,7 +301,7 @@ def run_suite(path: str | Path, *, contents: dict | None = None, force: bool = F
                 for row in suite.references:
                     with _foreign_checkpoint_needs_force(_reference_name(row, backbone, seed)):
                         records.append(_reference_row(row, backbone, seed, suite, evaluation, parent.run_id, force, tracking_uri))
-        records.append({"row": "table", "report": _report(suite, experiment, parent, tracking_uri)})
+        records.append({"row": "table", "report": _report(suite, experiment, parent, tracking_uri, command)})
     return records
 
 
@@ -420,7 +427,7 @@ def _reference_row(row: str, backbone: str, seed: int, suite: Suite, evaluation,
         return {"row": row, "run_id": tracker.run_id, "skipped": False}
 
 
-def _report(suite: Suite, experiment: str, parent, tracking_uri) -> dict:
+def _report(suite: Suite, experiment: str, parent, tracking_uri, command: str) -> dict:
     """Print the comparison table of the experiment's finished runs and log it to the parent run.
 
     Reads the whole experiment, not only this invocation's children: runs skipped as finished
@@ -430,7 +437,7 @@ def _report(suite: Suite, experiment: str, parent, tracking_uri) -> dict:
 
     out_dir = Path(suite.pretrain.get("output_dir", "runs")) / "report"
     env = runtime_tags()
-    caption = [f"produced by: `vsbench run {suite.path}`", f"vsbench commit: {env.get('git.commit', 'unknown')}",
+    caption = [f"produced by: `{command}`", f"vsbench commit: {env.get('git.commit', 'unknown')}",
                f"device: {env.get('device', 'unknown')}; torch {env.get('torch.version', '?')}"]
     paths = report_experiment(experiment, tracking_uri=tracking_uri, out_dir=out_dir, caption_lines=caption)
     print(format_table_text(paths["table"]))

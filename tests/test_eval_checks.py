@@ -152,6 +152,8 @@ def test_force_trains_afresh_and_a_changed_config_without_it_is_refused(suite, t
     saved = load_checkpoint(checkpoint)
     run, steps = _latest_pretrain_run(tmp_path)
     assert saved["config_hash"] == run.data.tags["config_hash"] != first and saved["step"] == 1 and steps == [1]
+    caption = (tmp_path / "runs" / "report" / "results.md").read_text()  # the table names what changed its settings
+    assert f"produced by: `vsbench run {suite} --set pretrain.lr=0.01 --force`" in caption
 
 
 # ----------------------------------------------------------------------------- --set and --dry-run
