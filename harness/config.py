@@ -190,11 +190,12 @@ class DataConfig:
     split: int = 1
     subset: str = "train"
     workers: int = 4  # DataLoader worker processes
+    cache_gb: float = 0.0  # keep decoded videos in memory, up to this many GB (harness.data.cache); 0 = off
     backend: str = "decord"  # decord | pyav
     flow_root: str | None = None  # flow cache for methods that use flow (default <path>/flow)
 
     def __post_init__(self) -> None:
-        check_bounds(self, {"split": Bound(1, integer=True), "workers": Bound(0, integer=True)})
+        check_bounds(self, {"split": Bound(1, integer=True), "workers": Bound(0, integer=True), "cache_gb": Bound(0)})
 
 
 @dataclass
@@ -224,7 +225,7 @@ class PretrainConfig:
     accumulate: int = 1  # gradient accumulation: micro-batches per optimizer step
     clip_grad: float | None = None  # max gradient norm (overrides the method recipe's; 0 = off)
     amp: bool = True  # bf16 autocast on CUDA (CPU runs are fp32)
-    channels_last: bool = True  # channels_last_3d memory format on CUDA
+    channels_last: bool = True  # channels_last_3d memory format (faster convolutions on CUDA and on the CPU)
     cudnn_benchmark: bool = True
     compile: bool = False  # torch.compile the method
     sync_bn: bool = False  # synchronised BatchNorm across ranks

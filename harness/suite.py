@@ -281,9 +281,11 @@ def run_suite(path: str | Path, *, contents: dict | None = None, force: bool = F
     (default ``vsbench run <path>``), written under the table and tagged on the parent run; with
     ``--set`` options it names them, and the parent run holds the suite as resolved
     (``suite_resolved.json``), so a table never hides what changed its settings."""
+    from harness.data.cache import reserve as reserve_frame_cache
     from harness.tracking import Tracker
 
     suite, runs = plan_suite(path, contents=contents)
+    reserve_frame_cache(suite.data.cache_gb)  # before the first row: the reference rows evaluate without pretraining
     evaluation = eval_config(suite)
     experiment = suite.experiment or suite.name
     command = command or f"vsbench run {path}"

@@ -56,6 +56,7 @@ from tqdm.auto import tqdm
 
 from backbones import create_backbone
 from harness.config import PretrainConfig, config_hash, resolve_recipe, to_dict
+from harness.data.cache import reserve as reserve_frame_cache
 from harness.data.datasets import VideoDataset, open_dataset
 from harness.data.loader import LoadRequest, VideoLoader, make_loader
 from harness.data.sampling import ClipSpec
@@ -229,9 +230,9 @@ _NOT_IN_IDENTITY = ("output_dir", "run_name", "experiment", "tracking_uri", "pro
 
 def training_identity(config: PretrainConfig) -> dict:
     """The config fields that change what a run computes: where it writes, how it reports and
-    how many loader workers it uses do not (data order and augmentation depend on seeds only)."""
+    how many loader workers and how much frame cache it uses do not (data order and augmentation depend on seeds only)."""
     identity = {k: v for k, v in to_dict(config).items() if k not in _NOT_IN_IDENTITY}
-    identity["data"] = {k: v for k, v in identity["data"].items() if k != "workers"}
+    identity["data"] = {k: v for k, v in identity["data"].items() if k not in ("workers", "cache_gb")}
     return identity
 
 
@@ -348,6 +349,7 @@ class Pretraining:
             self._restore(load_checkpoint(self.run_dir / CHECKPOINT))
 
     def _setup_loader(self) -> None:
+        reserve_frame_cache(self.config.data.cache_gb)
         world, accumulate = self.dist.world_size, self.config.accumulate
         if self.recipe.batch_size % (world * accumulate):
             raise ValueError(f"batch_size {self.recipe.batch_size} must be divisible by world_size*accumulate = {world * accumulate}")
@@ -362,7 +364,7 @@ class Pretraining:
     def _setup_model(self) -> None:
         device, cuda = self.dist.device, self.dist.device.type == "cuda"
         self.amp = self.config.amp and cuda
-        self.channels_last = self.config.channels_last and cuda
+        self.channels_last = self.config.channels_last
         torch.backends.cudnn.benchmark = self.config.cudnn_benchmark and cuda
         method = self.method.to(device)
         if self.channels_last:

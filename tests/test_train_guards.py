@@ -101,7 +101,7 @@ def test_a_checkpoint_is_called_good_only_when_it_is(motionshapes_tiny, tmp_path
     good = path.read_bytes()
     first = next(run.method.backbone.parameters())
     with torch.no_grad():
-        first.view(-1)[0] = float("nan")
+        first[(0,) * first.dim()] = float("nan")
     with pytest.raises(NonFiniteWeights, match=r"after step 0: 1 tensors hold NaN or Inf \(model\.backbone\.\S+\); .*"
                                                r"last good checkpoint: \S+guarded/last.pt \(epoch 0, step 0\)"):
         run.save()

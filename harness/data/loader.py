@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from harness.data.cache import frame_cache
 from harness.data.datasets import VideoDataset
 from harness.data.sampling import ClipSpec, build_sampler, clip_span, frames_needed, uniform_clips
 from harness.data.video import CorruptVideo, read_frames
@@ -115,13 +117,37 @@ class ClipDataset(Dataset):
 
     def _read(self, modality: str, rec, idx: np.ndarray) -> torch.Tensor:
         clips, frames = idx.shape
-        if modality == "rgb":
-            data = read_frames(rec.path, idx.reshape(-1), backend=self.request.backend, size=self.request.size, num_frames=rec.num_frames)
-        else:
-            from harness.data.modalities import read_flow
-
-            data = read_flow(self.request.flow_root, Path(rec.path).stem, idx.reshape(-1), size=self.request.size)
+        read, whole, key = self._source(modality, rec)
+        flat = idx.reshape(-1)
+        data = frame_cache.read(key(), flat, whole, read) if frame_cache.max_bytes > 0 else read(flat)
         return torch.from_numpy(np.ascontiguousarray(data)).reshape(clips, frames, *data.shape[1:])
+
+    def _source(self, modality: str, rec):
+        """(read frames at indices, read the whole video, cache key) of one modality of a video.
+        The key holds the file's (or flow folder's) modification time, so rewritten data is
+        decoded again."""
+        size, backend = self.request.size, self.request.backend
+        if modality == "rgb":
+            def read(i: np.ndarray) -> np.ndarray:
+                return read_frames(rec.path, i, backend=backend, size=size, num_frames=rec.num_frames)
+
+            return read, lambda: read(np.arange(rec.num_frames)), lambda: ("rgb", rec.path, _mtime(rec.path), size, backend)
+        from harness.data.modalities import flow_folders, flow_frame_count, read_flow
+
+        root, stem = self.request.flow_root, Path(rec.path).stem
+
+        def read_uv(i: np.ndarray) -> np.ndarray:
+            return read_flow(root, stem, i, size=size)
+
+        u_dir = flow_folders(root, stem)[0]  # RGB indices 0..flow frames are valid (read_flow)
+        return read_uv, lambda: read_uv(np.arange(flow_frame_count(root, stem) + 1)), lambda: ("flow", str(u_dir), _mtime(u_dir), size)
+
+
+def _mtime(path) -> int | None:
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return None  # the read itself names the missing file
 
 
 def _fixed(stride) -> float:
