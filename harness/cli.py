@@ -4,6 +4,7 @@
     vsbench pretrain      pretrain one method on one data set
     vsbench eval          evaluate an encoder.pt with the shared protocols
     vsbench table         the comparison table of an experiment, from the MLflow store
+    vsbench sync          put runs that fell back to the local store (server down) on the server
     vsbench methods       list the registered methods and their paper recipes
     vsbench backbones     list the backbones with parameters and GMACs at 16x112x112
     vsbench data synth    generate the MotionShapes data set (UCF101 layout)
@@ -402,6 +403,39 @@ def _cmd_table(args) -> int:
     return 0
 
 
+def _add_sync(commands) -> None:
+    p = commands.add_parser(
+        "sync",
+        help="put runs that fell back to the local store while the server was down on the server",
+        description="When the tracking server does not answer, runs are written to mlflow-fallback.db in the working "
+        "folder. This copies every such run of the given server back to it: into the server run it continues (the "
+        "points the server lacks are added and its status set) or as a new run, with its parent link, params, tags, "
+        "metrics and artifacts; each copied run is tagged vsbench.synced_to, so a second sync copies nothing. "
+        "`vsbench run` does the same before its first run whenever the server answers.",
+    )
+    p.add_argument("--tracking-uri", help="the tracking server, http(s)://... (default: MLFLOW_TRACKING_URI)")
+    p.add_argument("--fallback", type=Path, default=None, help="the fallback store (default ./mlflow-fallback.db)")
+    p.set_defaults(func=_cmd_sync)
+
+
+def _cmd_sync(args) -> int:
+    from harness.tracking import FALLBACK_DB, _is_local, resolve_tracking_uri
+    from harness.tracking_sync import sync_fallback
+
+    uri = resolve_tracking_uri(args.tracking_uri)
+    fallback = args.fallback or Path(FALLBACK_DB)
+    if _is_local(uri):
+        raise UserError(f"--tracking-uri {uri!r} is a local store; sync copies runs to a tracking server (http://HOST:PORT)")
+    if not fallback.exists():
+        raise UserError(f"{fallback}: no such fallback store (runs fall back to ./{FALLBACK_DB} of the folder they ran in)")
+    try:
+        copied = sync_fallback(uri, fallback_db=fallback)
+    except ConnectionError as err:
+        raise UserError(str(err)) from err
+    print(f"{len(copied)} run(s) copied from {fallback} to {uri}")
+    return 0
+
+
 def _add_listings(commands) -> None:
     p = commands.add_parser("methods", help="list registered methods and their paper recipes",
                             description="List every registered method (built in and from the vsbench.methods entry point group).")
@@ -446,6 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pretrain(commands)
     _add_eval(commands)
     _add_table(commands)
+    _add_sync(commands)
     _add_listings(commands)
     data = commands.add_parser("data", help="data sets: generate, check, precompute flow", description="Data set tools.")
     data_sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")

@@ -33,7 +33,8 @@ A suite file (TOML) looks like::
     [eval.finetune]                     # evaluation.protocols.FinetuneProtocol (also trains the "supervised" row)
     epochs = 30
 
-``vsbench run SUITE`` opens a parent MLflow run per invocation and a child run per
+``vsbench run SUITE`` opens a parent MLflow run (an interrupted invocation's parent is continued
+by the next one with the same settings, :class:`SuiteRunMemo`) and a child run per
 (row, backbone, seed), evaluates every encoder with the suite's protocols (metrics
 ``eval/<protocol>/<metric>`` on the same child run), and ends with the comparison table. A run
 whose configuration and protocols match a FINISHED run of the experiment is skipped unless
@@ -64,9 +65,11 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.config import ConfigError, DataConfig, PretrainConfig, from_dict, load_toml, to_dict
+from harness.config import ConfigError, DataConfig, PretrainConfig, config_hash, from_dict, load_toml, to_dict
+from harness.io import write_json_atomic
 
 log = logging.getLogger(__name__)
+SUITE_RUN = "suite_run.json"  # in the suite's output folder: its parent MLflow run (SuiteRunMemo)
 
 
 @dataclass
@@ -283,17 +286,22 @@ def run_suite(path: str | Path, *, contents: dict | None = None, force: bool = F
     (``suite_resolved.json``), so a table never hides what changed its settings."""
     from harness.data.cache import reserve as reserve_frame_cache
     from harness.tracking import Tracker
+    from harness.tracking_sync import sync_if_needed
 
     suite, runs = plan_suite(path, contents=contents)
+    sync_if_needed(tracking_uri)  # runs of an earlier invocation that fell back while the server was down count as done
     reserve_frame_cache(suite.data.cache_gb)  # before the first row: the reference rows evaluate without pretraining
     evaluation = eval_config(suite)
     experiment = suite.experiment or suite.name
     command = command or f"vsbench run {path}"
+    resolved = contents if contents is not None else load_toml(path)
     records = []
-    with Tracker(experiment, f"suite-{suite.name}", tracking_uri=tracking_uri,
+    memo = SuiteRunMemo(Path(suite.pretrain.get("output_dir", "runs")) / SUITE_RUN, config_hash(resolved))
+    with Tracker(experiment, f"suite-{suite.name}", tracking_uri=tracking_uri, continue_run_id=None if force else memo.run_id(),
                  tags={"suite": suite.name, "kind": "suite", "suite.command": command}) as parent:
+        memo.remember(parent.run_id)
         parent.log_artifact(path)
-        parent.log_dict(contents if contents is not None else load_toml(path), "suite_resolved.json")
+        parent.log_dict(resolved, "suite_resolved.json")
         for i, item in enumerate(runs, 1):
             log.info("[%d/%d] %s", i, len(runs), item.config.run_name)
             with _foreign_checkpoint_needs_force(item.config.run_name):
@@ -305,6 +313,30 @@ def run_suite(path: str | Path, *, contents: dict | None = None, force: bool = F
                         records.append(_reference_row(row, backbone, seed, suite, evaluation, parent.run_id, force, tracking_uri))
         records.append({"row": "table", "report": _report(suite, experiment, parent, tracking_uri, command)})
     return records
+
+
+@dataclass
+class SuiteRunMemo:
+    """``suite_run.json`` in a suite's output folder: the parent MLflow run of the suite's last
+    invocation and the hash of the suite as resolved. A suite interrupted (killed, crashed) and
+    started again with the same settings continues that parent run, so the parent does not stay
+    RUNNING and the runs of both invocations sit under one parent; a FINISHED parent, other
+    settings or ``--force`` start a new one."""
+
+    path: Path
+    suite_hash: str
+
+    def run_id(self) -> str | None:
+        try:
+            record = json.loads(self.path.read_text(encoding="utf-8"))
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+        return record.get("run_id") if record.get("suite_hash") == self.suite_hash else None
+
+    def remember(self, run_id: str | None) -> None:
+        if run_id is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(self.path, {"run_id": run_id, "suite_hash": self.suite_hash})
 
 
 @contextlib.contextmanager
@@ -320,14 +352,23 @@ def _foreign_checkpoint_needs_force(run_name: str):
                           "rerun with --force, which deletes its last.pt and encoder.pt and trains it afresh") from err
 
 
-def _start_afresh(output_dir: str, *run_names: str) -> None:
-    """``--force``: delete ``last.pt`` and ``encoder.pt`` of these run folders, so their runs train
-    from scratch instead of resuming (a finished checkpoint would be "resumed" with no step, one of
-    another configuration refused). Nothing else in the folders is touched."""
-    from harness.train import CHECKPOINT, ENCODER
+def _start_afresh(output_dir: str, *run_names: str, tracking_uri: str | None = None) -> None:
+    """``--force``: delete ``last.pt``, ``encoder.pt`` and ``mlflow_run.json`` of these run folders,
+    so their runs train from scratch instead of resuming (a finished checkpoint would be "resumed"
+    with no step, one of another configuration refused) and are tracked as new MLflow runs. The
+    MLflow run an interrupted earlier attempt left RUNNING is marked KILLED. Nothing else in the
+    folders is touched."""
+    from harness.tracking import end_abandoned_run
+    from harness.train import CHECKPOINT, ENCODER, MLFLOW_RUN
 
     for name in run_names:
-        for file in (Path(output_dir) / name / CHECKPOINT, Path(output_dir) / name / ENCODER):
+        folder = Path(output_dir) / name
+        memo = folder / MLFLOW_RUN
+        if memo.exists():
+            run_id = json.loads(memo.read_text(encoding="utf-8")).get("run_id")
+            if run_id and end_abandoned_run(run_id, tracking_uri=tracking_uri):
+                log.info("--force: MLflow run %s of %s was left RUNNING by an interrupted attempt: marked KILLED", run_id, name)
+        for file in (folder / CHECKPOINT, folder / ENCODER, memo):
             if file.exists():
                 log.info("--force: removing %s, the run starts afresh", file)
                 file.unlink()
@@ -339,8 +380,6 @@ def _reference_name(row: str, backbone: str, seed: int) -> str:
 
 
 def _skip_key(*parts) -> str:
-    from harness.config import config_hash
-
     return config_hash([str(p) for p in parts])
 
 
@@ -358,7 +397,7 @@ def _pretrain_and_evaluate(item: SuiteRun, suite: Suite, evaluation, parent_id: 
 
     config = dataclasses.replace(item.config, tracking_uri=tracking_uri)
     if force:
-        _start_afresh(config.output_dir, config.run_name, finetune_run_name(config.run_name))
+        _start_afresh(config.output_dir, config.run_name, finetune_run_name(config.run_name), tracking_uri=tracking_uri)
     run = Pretraining(config, resume=True)
     tags = protocol_tags(evaluation)
     key = _skip_key(run.hash, sorted(tags.items()))
@@ -408,7 +447,7 @@ def _reference_row(row: str, backbone: str, seed: int, suite: Suite, evaluation,
     device = init_distributed(pretrain.device).device
     name = _reference_name(row, backbone, seed)
     if force:
-        _start_afresh(pretrain.output_dir, name)
+        _start_afresh(pretrain.output_dir, name, tracking_uri=tracking_uri)
     run_tags = {"suite": suite.name, "row": row, "kind": "reference", "method": row, "backbone": backbone, "seed": str(seed),
                 "suite_key": key, **tags}
     with Tracker(experiment, name, tracking_uri=tracking_uri, parent_run_id=parent_id, tags=run_tags) as tracker:

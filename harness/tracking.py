@@ -969,6 +969,24 @@ def _reading_client(tracking_uri: str | None):
     return _client(uri), uri
 
 
+def end_abandoned_run(run_id: str, *, tracking_uri: str | None = None) -> bool:
+    """Mark a run KILLED if it is still RUNNING: one whose process died and that nothing will
+    continue (``--force`` starts its run afresh as a new MLflow run). True when it was marked."""
+    from mlflow.exceptions import MlflowException
+
+    client, _ = _reading_client(tracking_uri)
+    if client is None:
+        return False
+    try:
+        if client.get_run(run_id).info.status != "RUNNING":
+            return False
+        client.set_terminated(run_id, "KILLED")
+    except MlflowException as e:
+        log.warning("could not mark MLflow run %s KILLED (%s); it may stay RUNNING", run_id, e)
+        return False
+    return True
+
+
 def _search_all(client, experiment_ids: list[str], filter_string: str) -> list:
     runs, token = [], None
     while True:

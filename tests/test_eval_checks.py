@@ -156,6 +156,26 @@ def test_force_trains_afresh_and_a_changed_config_without_it_is_refused(suite, t
     assert f"produced by: `vsbench run {suite} --set pretrain.lr=0.01 --force`" in caption
 
 
+def test_a_suite_started_again_continues_its_interrupted_parent_run_and_force_ends_an_abandoned_run(suite, tmp_path):
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+
+    def runs(kind):
+        experiment = client.get_experiment_by_name("checks").experiment_id
+        return client.search_runs([experiment], f"tags.kind = '{kind}'", order_by=["attributes.start_time ASC"])
+
+    assert _run(suite) == 0
+    [parent], [child] = runs("suite"), runs("pretrain")
+    client.update_run(parent.info.run_id, "RUNNING")  # what `kill -9` of the suite leaves in the store
+    assert _run(suite) == 0  # nothing to retrain; the interrupted parent is continued, not left RUNNING beside a new one
+    [again] = runs("suite")
+    assert again.info.run_id == parent.info.run_id and again.info.status == "FINISHED"
+    client.update_run(child.info.run_id, "RUNNING")  # a pretraining run killed mid-way
+    assert _run(suite, "--force") == 0
+    first, fresh = runs("pretrain")
+    assert first.info.run_id == child.info.run_id and first.info.status == "KILLED"  # not resumed: --force starts afresh
+    assert fresh.info.status == "FINISHED" and len(runs("suite")) == 2  # --force: a new parent too
+
+
 # ----------------------------------------------------------------------------- --set and --dry-run
 
 

@@ -260,11 +260,12 @@ def mlflow_server(tmp_path_factory):
         pytest.skip(f"no mlflow executable beside {sys.executable}")
     servers: list[_Server] = []
 
-    def start() -> _Server:
-        root = tmp_path_factory.mktemp("mlflow-server")
-        port = free_port()
+    def start(again: _Server | None = None) -> _Server:
+        """A new server, or ``again`` (a killed one) restarted on its port and database."""
+        root = again.root if again else tmp_path_factory.mktemp("mlflow-server")
+        port = int(again.uri.rsplit(":", 1)[1]) if again else free_port()
         uri = f"http://127.0.0.1:{port}"
-        log_file = open(root / "server.log", "wb")
+        log_file = open(root / "server.log", "ab")
         cmd = [
             str(exe), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
             "--backend-store-uri", f"sqlite:///{root / 'server.db'}", "--artifacts-destination", str(root / "artifacts"),
@@ -394,3 +395,38 @@ def test_server_dying_mid_run_loses_nothing(_isolated, mlflow_server, caplog):
     assert run.data.tags["mlflow.parentRunId"] == parent.run_id
     assert client.get_run(parent.run_id).data.tags[tracking.REMOTE_RUN_TAG] == remote_parent
     assert client.get_run(parent.run_id).info.status == "FINISHED"
+
+
+def test_runs_that_fell_back_are_put_back_on_the_server_once_it_answers(_isolated, mlflow_server, capsys):
+    from harness.cli import main
+
+    server = mlflow_server()
+    parent = Tracker("suite-sync", "suite-invocation", tracking_uri=server.uri)
+    t = Tracker("suite-sync", "victim", tracking_uri=server.uri, parent_run_id=parent.run_id, tags={"config_hash": "s1"}, flush_seconds=600)
+    t.log_params({"seed": 3})
+    for step in range(10):
+        t.log_metrics({"loss": float(step)}, step=step)
+    t.flush()
+    remote_id, remote_parent = t.run_id, parent.run_id
+    server.kill()  # the server's copy: RUNNING with steps 0-9
+    for step in range(10, 20):
+        t.log_metrics({"loss": float(step)}, step=step)
+    t.log_dict({"r@1": 0.5}, "summary.json")
+    t.finish()
+    parent.finish()
+    assert t.fell_back
+
+    server = mlflow_server(again=server)
+    assert main(["sync", "--tracking-uri", server.uri]) == 0
+    assert "2 run(s) copied" in capsys.readouterr().out
+    client = MlflowClient(server.uri)
+    run = client.get_run(remote_id)  # the server's own run, completed: not a second copy beside it
+    assert run.info.status == "FINISHED" and run.data.params == {"seed": "3"}
+    assert sorted(m.step for m in client.get_metric_history(remote_id, "loss")) == list(range(20))  # each step once
+    assert run.data.tags["mlflow.parentRunId"] == remote_parent and client.get_run(remote_parent).info.status == "FINISHED"
+    assert tracking.FALLBACK_TAG not in run.data.tags
+    assert [a.path for a in client.list_artifacts(remote_id)] == ["summary.json"]
+    assert find_finished_runs("suite-sync", "config_hash", "s1", tracking_uri=server.uri) == [remote_id]  # a rerun skips it
+    assert main(["sync", "--tracking-uri", server.uri]) == 0
+    assert "0 run(s) copied" in capsys.readouterr().out
+    assert len(client.search_runs([client.get_experiment_by_name("suite-sync").experiment_id])) == 2

@@ -60,3 +60,33 @@ def test_decode_clips_per_second(benchmark, video_sets, videos, backend, stride)
     benchmark.group = f"decode {videos} stride {stride}"
     benchmark.pedantic(_clip_reader(video_sets[videos], backend, stride), rounds=5, iterations=1, warmup_rounds=1)
     benchmark.extra_info["clips_per_s"] = round(CLIPS_PER_ROUND / benchmark.stats.stats.mean, 1)
+
+
+@pytest.mark.parametrize("cached", [False, True])
+def test_loader_clips_per_second_with_the_frame_cache(benchmark, video_sets, cached, tmp_path):
+    """One training epoch of the loader (workers = 0) over the MotionShapes videos at 32x32, batch 8,
+    read directly or from a warm frame cache (harness.data.cache)."""
+    from harness.data.cache import frame_cache
+    from harness.data.datasets import load_csv
+    from harness.data.loader import LoadRequest, make_loader
+    from harness.data.sampling import ClipSpec
+
+    listing = tmp_path / "videos.csv"
+    listing.write_text("".join(f"{p},0\n" for p in video_sets["motionshapes_128x171"]))
+    videos = load_csv(listing, progress=False)
+    request = LoadRequest(ClipSpec(frames=8, stride=2), size=(32, 32))
+    frame_cache.clear()
+    frame_cache.max_bytes = 10**9 if cached else 0
+    loader = make_loader(videos, request, batch_size=1, train=True, workers=0)
+
+    def epoch():
+        return sum(len(b["index"]) for b in loader)
+
+    try:
+        epoch()  # fills the cache
+        benchmark.group = "loader epoch, 32x32, workers 0"
+        benchmark.pedantic(epoch, rounds=5, iterations=1)
+        benchmark.extra_info["clips_per_s"] = round(len(videos) / benchmark.stats.stats.mean, 1)
+    finally:
+        frame_cache.clear()
+        frame_cache.max_bytes = 0
