@@ -53,7 +53,7 @@ def test_a_look_tied_to_the_class_in_train_is_caught(tmp_path):
 
 def test_motionshapes_passes_through_the_command_line(current_data, capsys):
     # exit 0 = the verdict: both frame classifiers' intervals reach chance, frame differences >= 2.5x chance
-    assert main(["data", "shortcuts", str(current_data), "--size", "32", "32", "--epochs", "25"]) == 0
+    assert main(["data", "shortcuts", str(current_data), "--size", "32", "32", "--epochs", "12"]) == 0
     out = capsys.readouterr().out
     assert "one frame, unseen groups" in out and "one frame, seen groups" in out
     assert "verdict: no appearance shortcut, motion is learnable" in out
