@@ -362,8 +362,8 @@ def _cmd_eval(args) -> int:
     values = _merge({"protocols": [p for p in args.protocols.split(",") if p]}, _parse_set(args.set))
     config = from_dict(EvalConfig, values, where="eval")
     data = DataConfig(path=args.data, format=args.format, workers=config.workers)
+    saved = load_checkpoint(args.encoder, needs=("backbone", "state_dict"))
     eval_data(data, config)  # settings against the data, before an MLflow run opens or a feature is extracted
-    saved = load_checkpoint(args.encoder)
     encoder = create_backbone(saved["backbone"], **saved.get("backbone_args", {}))
     encoder.load_state_dict(saved["state_dict"])
     device = init_distributed(args.device).device
@@ -506,14 +506,14 @@ def main(argv: list[str] | None = None) -> int:
     from harness.data.symmetry import SymmetryError
     from harness.data.video import CorruptVideo
     from harness.io import LockTimeout, RunFolderLocked
-    from harness.train import ForeignCheckpoint, NonFiniteLoss, NothingTrained
+    from harness.train import CheckpointError, ForeignCheckpoint, NonFiniteLoss, NothingTrained
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except (UserError, ConfigError, DatasetError, SymmetryError, CorruptVideo, RunFolderLocked, LockTimeout,
-            ForeignCheckpoint, UnknownNameError) as err:
+            ForeignCheckpoint, CheckpointError, UnknownNameError) as err:
         print(f"vsbench: error: {err}", file=sys.stderr)
         return 2
     except (NonFiniteLoss, NothingTrained) as err:

@@ -42,6 +42,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import resource
 import time
 from collections.abc import Iterator
@@ -55,7 +56,7 @@ from timm.scheduler import create_scheduler_v2
 from tqdm.auto import tqdm
 
 from backbones import create_backbone
-from harness.config import PretrainConfig, config_hash, resolve_recipe, to_dict
+from harness.config import ConfigError, PretrainConfig, config_hash, resolve_recipe, to_dict
 from harness.data.cache import reserve as reserve_frame_cache
 from harness.data.datasets import VideoDataset, open_dataset
 from harness.data.loader import LoadRequest, VideoLoader, make_loader
@@ -228,6 +229,17 @@ def _repeat_crop(crop, b: int, clips: int):
 _NOT_IN_IDENTITY = ("output_dir", "run_name", "experiment", "tracking_uri", "progress", "log_every", "checkpoint_every", "knn_every")
 
 
+def check_crop_fits(spec: DataSpec, method: str) -> None:
+    """Refuse a training crop larger than the frames it is cut from (a decode size): it would only
+    upsample, and a typo such as ``crop = 500`` would allocate clips 250 times the size intended."""
+    if spec.decode_size is None:
+        return
+    crop, frame = tuple(spec.augment.size), tuple(spec.decode_size)
+    if crop[0] > frame[0] or crop[1] > frame[1]:
+        raise ConfigError(f"method {method!r}: crop {crop[0]}x{crop[1]} (method_args.crop) is larger than the decoded frames "
+                          f"{frame[0]}x{frame[1]} (decode_size): set crop to at most {min(frame)} or decode larger frames")
+
+
 def training_identity(config: PretrainConfig) -> dict:
     """The config fields that change what a run computes: where it writes, how it reports and
     how many loader workers and how much frame cache it uses do not (data order and augmentation depend on seeds only)."""
@@ -284,8 +296,24 @@ def save_checkpoint(path: Path, state: dict) -> None:
         torch.save(state, f)
 
 
-def load_checkpoint(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
+class CheckpointError(ValueError):
+    """A checkpoint or encoder file that is missing or is not one vsbench wrote; the message names it."""
+
+
+def load_checkpoint(path: Path, *, needs: tuple[str, ...] = ()) -> dict:
+    """A ``last.pt`` or ``encoder.pt`` loaded on the CPU with ``weights_only=True`` (no pickled code
+    runs); :class:`CheckpointError` names a missing file, one torch cannot read, or one that lacks
+    the keys in ``needs``."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError as err:
+        raise CheckpointError(f"{path}: no such file") from err
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, AttributeError) as err:  # torch raises several kinds
+        raise CheckpointError(f"{path}: not a checkpoint vsbench wrote ({type(err).__name__}: {str(err).splitlines()[0]})") from err
+    missing = [k for k in needs if not isinstance(saved, dict) or k not in saved]
+    if missing:
+        raise CheckpointError(f"{path}: not a vsbench {'encoder' if 'state_dict' in needs else 'checkpoint'} file (no {', '.join(missing)})")
+    return saved
 
 
 def _file_version(path: Path) -> tuple[int, int, int] | None:
@@ -300,11 +328,11 @@ def _file_version(path: Path) -> tuple[int, int, int] | None:
 
 def load_encoder_weights(backbone: nn.Module, path: str | os.PathLike) -> None:
     """Load an ``encoder.pt`` written by a pretraining run into ``backbone`` (strict: same architecture)."""
-    saved = load_checkpoint(Path(path))
+    saved = load_checkpoint(Path(path), needs=("state_dict",))
     try:
         backbone.load_state_dict(saved["state_dict"])
     except RuntimeError as err:
-        raise ValueError(f"{path}: encoder weights of backbone {saved.get('backbone')!r} do not fit: {err}") from err
+        raise CheckpointError(f"{path}: encoder weights of backbone {saved.get('backbone')!r} do not fit: {err}") from err
 
 
 # ----------------------------------------------------------------------------- the run
@@ -322,11 +350,18 @@ class Pretraining:
         backbone = create_backbone(config.backbone, **config.backbone_args)
         if config.init_encoder:
             load_encoder_weights(backbone, config.init_encoder)
-        self.method: Method = create_method(config.method, backbone, dataset_size=len(self.videos), overrides=config.method_args)
+        try:
+            self.method: Method = create_method(config.method, backbone, dataset_size=len(self.videos), overrides=config.method_args)
+            self.spec = self.method.data_spec()
+            if config.decode_size is not None:
+                self.spec = dataclasses.replace(self.spec, decode_size=tuple(config.decode_size))
+            self.request = load_request(self.spec, config)
+        except ConfigError:
+            raise
+        except ValueError as err:  # a method Config, DataSpec or clip request refusing a value of method_args
+            raise ConfigError(f"method {config.method!r} with method_args {config.method_args}: {err}") from err
+        check_crop_fits(self.spec, config.method)
         self.recipe = resolve_recipe(type(self.method).recipe, config)
-        self.spec = self.method.data_spec()
-        if config.decode_size is not None:
-            self.spec = dataclasses.replace(self.spec, decode_size=tuple(config.decode_size))
         check_flip(config.data.path, self.spec.augment.flip_p, uses_labels=type(self.method).reference, what=f"method {config.method!r}")
         self.hash = config_hash({"config": training_identity(config), "recipe": dataclasses.asdict(self.recipe),
                                  "method": config_dict(self.method.config), "data": self.videos.fingerprint()})
@@ -354,11 +389,12 @@ class Pretraining:
         if self.recipe.batch_size % (world * accumulate):
             raise ValueError(f"batch_size {self.recipe.batch_size} must be divisible by world_size*accumulate = {world * accumulate}")
         self.micro_batch = self.recipe.batch_size // (world * accumulate)
-        self.loader: VideoLoader = make_loader(self.videos, load_request(self.spec, self.config), self.micro_batch, train=True,
+        self.loader: VideoLoader = make_loader(self.videos, self.request, self.micro_batch, train=True,
                                                workers=self.config.data.workers, seed=self.config.seed, rank=self.dist.rank, world_size=world)
         available = len(self.loader) // accumulate
         if available == 0:
-            raise ValueError(f"batch_size {self.recipe.batch_size} is larger than the {len(self.videos)} videos of {self.config.data.path}")
+            raise ConfigError(f"batch_size {self.recipe.batch_size} is larger than the {len(self.videos)} videos of {self.config.data.path}: "
+                              f"set batch_size to at most {len(self.videos)}")
         self.steps_per_epoch = min(available, self.config.steps_per_epoch or available)
 
     def _setup_model(self) -> None:

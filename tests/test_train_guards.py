@@ -198,3 +198,37 @@ def test_a_run_removes_stale_temp_files_from_its_folder_at_start(motionshapes_ti
     assert len(_temp_files(run_dir)) == 1
     Pretraining(cfg)
     assert _temp_files(run_dir) == []
+
+
+# ----------------------------------------------------------------------------- settings refused before training, in one line
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"batch_size": 5000}, r"batch_size 5000 is larger than the \d+ videos of .*: set batch_size to at most \d+"),
+    ({"method_args": {"frames": 0, "crop": 32}}, r"method 'moco' with method_args \{'frames': 0, 'crop': 32\}: .*frames"),
+    ({"method_args": {"frames": 4, "crop": 500}}, r"crop 500x500 \(method_args.crop\) is larger than the decoded frames 32x43"),
+])
+def test_settings_that_cannot_train_are_refused_before_training_naming_the_key(motionshapes_tiny, tmp_path, changes, message):
+    from harness.config import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        Pretraining(_config(motionshapes_tiny, tmp_path, **changes))
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "no such file"),
+    (b"not a checkpoint", "not a checkpoint vsbench wrote"),
+    ({"weights": 1}, "not a vsbench encoder file (no backbone, state_dict)"),
+])
+def test_eval_of_a_file_that_is_no_encoder_is_one_line_naming_it(motionshapes_tiny, tmp_path, capsys, content, message):
+    from harness.cli import main
+
+    path = tmp_path / "encoder.pt"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        torch.save(content, path)
+    assert main(["eval", str(path), "--data", str(motionshapes_tiny)]) == 2
+    [line] = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("vsbench:")]
+    assert line.startswith(f"vsbench: error: {path}: {message}")  # before the data is checked or a feature extracted
