@@ -501,6 +501,8 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``vsbench`` console script."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)  # before the imports below (torch, timm), so that --help answers at once
     from harness.config import ConfigError, UnknownNameError
     from harness.data.datasets import DatasetError
     from harness.data.symmetry import SymmetryError
@@ -508,8 +510,6 @@ def main(argv: list[str] | None = None) -> int:
     from harness.io import LockTimeout, RunFolderLocked
     from harness.train import CheckpointError, ForeignCheckpoint, NonFiniteLoss, NothingTrained
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except (UserError, ConfigError, DatasetError, SymmetryError, CorruptVideo, RunFolderLocked, LockTimeout,
