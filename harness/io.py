@@ -30,6 +30,7 @@ import socket
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
@@ -180,3 +181,40 @@ def run_folder_lock(folder: str | os.PathLike) -> Iterator[None]:
             raise RunFolderLocked(f"run folder {folder} is in use: {err}; wait for that run to end, or give this run another "
                                   "output_dir or run_name") from None
         yield
+
+
+@dataclass(frozen=True)
+class RunMemo:
+    """A JSON file naming the MLflow run some work logs to and the hash of the configuration it
+    belongs to (``mlflow_run.json`` of a run folder, ``suite_run.json`` of a suite's output folder).
+    Work started again with the same configuration continues that run, so one logical run is one
+    MLflow run however often it was interrupted."""
+
+    path: Path
+    config_hash: str
+
+    def recorded(self) -> str | None:
+        """The run id the file names, whatever configuration it belongs to (None: no readable file)."""
+        return self._read().get("run_id")
+
+    def run_id(self) -> str | None:
+        """The run id the file names if it belongs to this configuration."""
+        record = self._read()
+        if record and record.get("config_hash") != self.config_hash:
+            log.info("%s names an MLflow run of another configuration (%s); this one is tracked as a new run", self.path,
+                     record.get("config_hash"))
+            return None
+        return record.get("run_id")
+
+    def remember(self, run_id: str | None) -> None:
+        """Write the file (nothing when tracking is off: ``run_id`` None)."""
+        if run_id is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(self.path, {"run_id": run_id, "config_hash": self.config_hash})
+
+    def _read(self) -> dict:
+        try:
+            record = json.loads(self.path.read_text(encoding="utf-8"))
+        except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+            return {}
+        return record if isinstance(record, dict) else {}

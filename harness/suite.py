@@ -34,7 +34,7 @@ A suite file (TOML) looks like::
     epochs = 30
 
 ``vsbench run SUITE`` opens a parent MLflow run (an interrupted invocation's parent is continued
-by the next one with the same settings, :class:`SuiteRunMemo`) and a child run per
+by the next one with the same settings: ``suite_run.json``, a :class:`~harness.io.RunMemo`) and a child run per
 (row, backbone, seed), evaluates every encoder with the suite's protocols (metrics
 ``eval/<protocol>/<metric>`` on the same child run), and ends with the comparison table. A run
 whose configuration and protocols match a FINISHED run of the experiment is skipped unless
@@ -66,10 +66,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.config import ConfigError, DataConfig, PretrainConfig, config_hash, from_dict, load_toml, to_dict
-from harness.io import write_json_atomic
+from harness.io import RunMemo
 
 log = logging.getLogger(__name__)
-SUITE_RUN = "suite_run.json"  # in the suite's output folder: its parent MLflow run (SuiteRunMemo)
+SUITE_RUN = "suite_run.json"  # in the suite's output folder: its parent MLflow run (harness.io.RunMemo)
 
 
 @dataclass
@@ -296,7 +296,9 @@ def run_suite(path: str | Path, *, contents: dict | None = None, force: bool = F
     command = command or f"vsbench run {path}"
     resolved = contents if contents is not None else load_toml(path)
     records = []
-    memo = SuiteRunMemo(Path(suite.pretrain.get("output_dir", "runs")) / SUITE_RUN, config_hash(resolved))
+    memo = RunMemo(Path(suite.pretrain.get("output_dir", "runs")) / SUITE_RUN, config_hash(resolved))
+    if force:
+        _end_abandoned(memo, "the suite's parent run", tracking_uri)
     with Tracker(experiment, f"suite-{suite.name}", tracking_uri=tracking_uri, continue_run_id=None if force else memo.run_id(),
                  tags={"suite": suite.name, "kind": "suite", "suite.command": command}) as parent:
         memo.remember(parent.run_id)
@@ -313,30 +315,6 @@ def run_suite(path: str | Path, *, contents: dict | None = None, force: bool = F
                         records.append(_reference_row(row, backbone, seed, suite, evaluation, parent.run_id, force, tracking_uri))
         records.append({"row": "table", "report": _report(suite, experiment, parent, tracking_uri, command)})
     return records
-
-
-@dataclass
-class SuiteRunMemo:
-    """``suite_run.json`` in a suite's output folder: the parent MLflow run of the suite's last
-    invocation and the hash of the suite as resolved. A suite interrupted (killed, crashed) and
-    started again with the same settings continues that parent run, so the parent does not stay
-    RUNNING and the runs of both invocations sit under one parent; a FINISHED parent, other
-    settings or ``--force`` start a new one."""
-
-    path: Path
-    suite_hash: str
-
-    def run_id(self) -> str | None:
-        try:
-            record = json.loads(self.path.read_text(encoding="utf-8"))
-        except (FileNotFoundError, json.JSONDecodeError):
-            return None
-        return record.get("run_id") if record.get("suite_hash") == self.suite_hash else None
-
-    def remember(self, run_id: str | None) -> None:
-        if run_id is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(self.path, {"run_id": run_id, "suite_hash": self.suite_hash})
 
 
 @contextlib.contextmanager
@@ -358,20 +336,26 @@ def _start_afresh(output_dir: str, *run_names: str, tracking_uri: str | None = N
     with no step, one of another configuration refused) and are tracked as new MLflow runs. The
     MLflow run an interrupted earlier attempt left RUNNING is marked KILLED. Nothing else in the
     folders is touched."""
-    from harness.tracking import end_abandoned_run
     from harness.train import CHECKPOINT, ENCODER, MLFLOW_RUN
 
     for name in run_names:
         folder = Path(output_dir) / name
-        memo = folder / MLFLOW_RUN
-        if memo.exists():
-            run_id = json.loads(memo.read_text(encoding="utf-8")).get("run_id")
-            if run_id and end_abandoned_run(run_id, tracking_uri=tracking_uri):
-                log.info("--force: MLflow run %s of %s was left RUNNING by an interrupted attempt: marked KILLED", run_id, name)
-        for file in (folder / CHECKPOINT, folder / ENCODER, memo):
+        memo = RunMemo(folder / MLFLOW_RUN, "")
+        _end_abandoned(memo, name, tracking_uri)
+        for file in (folder / CHECKPOINT, folder / ENCODER, memo.path):
             if file.exists():
                 log.info("--force: removing %s, the run starts afresh", file)
                 file.unlink()
+
+
+def _end_abandoned(memo: RunMemo, what: str, tracking_uri: str | None) -> None:
+    """``--force``: the MLflow run ``memo`` names, if an interrupted attempt left it RUNNING, is
+    marked KILLED (the forced run is a new one)."""
+    from harness.tracking import end_abandoned_run
+
+    run_id = memo.recorded()
+    if run_id and end_abandoned_run(run_id, tracking_uri=tracking_uri):
+        log.info("--force: MLflow run %s of %s was left RUNNING by an interrupted attempt: marked KILLED", run_id, what)
 
 
 def _reference_name(row: str, backbone: str, seed: int) -> str:

@@ -64,7 +64,7 @@ from harness.data.sampling import ClipSpec
 from harness.data.symmetry import check_flip
 from harness.data.transforms import VideoAugment
 from harness.distributed import DistInfo, convert_sync_batchnorm, init_distributed
-from harness.io import RunFolderLocked, atomic_write, remove_stale_temp_files, run_folder_lock, write_json_atomic
+from harness.io import RunFolderLocked, RunMemo, atomic_write, remove_stale_temp_files, run_folder_lock, write_json_atomic
 from methods.base import DataSpec, Method, Recipe, StepOutput, TrainState, config_dict, create_method
 
 log = logging.getLogger(__name__)
@@ -451,24 +451,10 @@ class Pretraining:
             finally:
                 self._locked = False
 
-    def tracked_run_id(self) -> str | None:
-        """The MLflow run that an earlier segment of this run logged to (``mlflow_run.json``), when
-        it was this configuration's; a resumed run continues it."""
-        path = self.run_dir / MLFLOW_RUN
-        if not path.exists():
-            return None
-        record = json.loads(path.read_text(encoding="utf-8"))
-        if record.get("config_hash") != self.hash:
-            log.info("%s names an MLflow run of another configuration (%s); this run is tracked as a new one", path,
-                     record.get("config_hash"))
-            return None
-        return record.get("run_id")
-
-    def remember_run_id(self, run_id: str | None) -> None:
-        """Write ``mlflow_run.json``: ``run_id`` is the MLflow run this run logs to (rank 0; nothing
-        when tracking is off)."""
-        if run_id is not None and self.dist.is_main:
-            write_json_atomic(self.run_dir / MLFLOW_RUN, {"run_id": run_id, "config_hash": self.hash})
+    def run_memo(self) -> RunMemo:
+        """``mlflow_run.json``: the MLflow run an earlier segment of this run logged to; a resumed
+        run of the same configuration continues it."""
+        return RunMemo(self.run_dir / MLFLOW_RUN, self.hash)
 
     # --------------------------------------------------------------------- checkpoint state
 
@@ -784,7 +770,7 @@ def run_tracked(
     the config (resolved JSON, and ``config_file`` when given) and the final encoder weights as
     artifacts. A failure (including a non-finite loss) marks the MLflow run FAILED. ``after``
     (``after(run, result, tracker)``) runs inside the same MLflow run, e.g. to log evaluations.
-    A resumed run continues the MLflow run of its earlier segments (:meth:`Pretraining.tracked_run_id`).
+    A resumed run continues the MLflow run of its earlier segments (:meth:`Pretraining.run_memo`).
     """
     with run.folder_locked():
         return _train_and_track(run, parent_run_id=parent_run_id, tags=tags, config_file=config_file, after=after)
@@ -796,10 +782,12 @@ def _train_and_track(run: Pretraining, *, parent_run_id, tags, config_file, afte
     config = run.config
     run_tags = {"config_hash": run.hash, "dataset_fingerprint": run.videos.fingerprint(), "method": config.method,
                 "backbone": config.backbone, "seed": str(config.seed), **(tags or {})}
-    earlier = run.tracked_run_id() if run.resume and run.dist.is_main else None
+    memo = run.run_memo()
+    earlier = memo.run_id() if run.resume and run.dist.is_main else None
     with Tracker(config.experiment, run.run_dir.name, tracking_uri=config.tracking_uri, parent_run_id=parent_run_id, tags=run_tags,
                  enabled=run.dist.is_main, continue_run_id=earlier) as tracker:
-        run.remember_run_id(tracker.run_id)
+        if run.dist.is_main:
+            memo.remember(tracker.run_id)
         run.tracker = tracker
         description = run.describe()
         tracker.log_params(description)

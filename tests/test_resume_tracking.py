@@ -71,7 +71,7 @@ def test_a_continued_run_keeps_one_value_per_step_and_loses_the_error_of_its_fai
 def test_a_run_id_the_store_does_not_hold_gives_a_new_run_with_a_warning(motionshapes_tiny, tmp_path, caplog):
     cfg = _config(motionshapes_tiny, tmp_path, run_name="moved", epochs=1, batch_size=4, steps_per_epoch=1)
     run = Pretraining(cfg, resume=True)
-    run.remember_run_id("0" * 32)  # an id of another store
+    run.run_memo().remember("0" * 32)  # an id of another store
     with caplog.at_level(logging.WARNING, logger="harness.tracking"):
         result = run_tracked(run)
     assert f"MLflow run {'0' * 32}, where 'moved' was tracked before, is not a run of experiment 'vsbench'" in caplog.text

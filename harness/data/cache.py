@@ -9,13 +9,13 @@ The frames are the ones a direct read returns (tested bit for bit), so the cache
 run's configuration hash. When the next video would not fit, it is read directly from then on,
 with one warning: a full cache slows a run down, never changes it. Worker processes each hold
 their own cache (forked workers start with a copy of the parent's), so the cache pays most with
-``workers = 0``, which is the right setting for data this small.
+``workers = 0``, which is the right setting for data this small. Loader workers are processes,
+not threads, so the cache takes no lock.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable, Hashable
 
 import numpy as np
@@ -31,7 +31,6 @@ class FrameCache:
         self.used = 0
         self.full = False
         self._videos: dict[Hashable, np.ndarray] = {}
-        self._lock = threading.Lock()
 
     def reserve(self, max_bytes: int) -> None:
         """Raise the capacity to ``max_bytes`` (never lowers it: other users may rely on it)."""
@@ -39,9 +38,8 @@ class FrameCache:
             self.max_bytes, self.full = max_bytes, False
 
     def clear(self) -> None:
-        with self._lock:
-            self._videos.clear()
-            self.used, self.full = 0, False
+        self._videos.clear()
+        self.used, self.full = 0, False
 
     def read(self, key: Hashable, indices: np.ndarray, decode_all: Callable[[], np.ndarray],
              decode_some: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
@@ -62,14 +60,13 @@ class FrameCache:
         return video[indices]
 
     def _keep(self, key: Hashable, video: np.ndarray) -> None:
-        with self._lock:
-            if self.used + video.nbytes > self.max_bytes:
-                self.full = True
-                log.warning("frame cache full (%.2f GB of %.2f GB): videos not yet cached are decoded on every read from now on; "
-                            "raise data.cache_gb to keep them all", self.used / 1e9, self.max_bytes / 1e9)
-                return
-            self._videos[key] = video
-            self.used += video.nbytes
+        if self.used + video.nbytes > self.max_bytes:
+            self.full = True
+            log.warning("frame cache full (%.2f GB of %.2f GB): videos not yet cached are decoded on every read from now on; "
+                        "raise data.cache_gb to keep them all", self.used / 1e9, self.max_bytes / 1e9)
+            return
+        self._videos[key] = video
+        self.used += video.nbytes
 
 
 frame_cache = FrameCache()  # the process's cache; its capacity is 0 (off) until reserve() is called
