@@ -7,11 +7,15 @@ Build one by name::
     feats = net(clips)                                   # (B, 512)
     maps = net.forward_stages(clips, ("layer3", "layer4"))  # {"layer3", "layer4", "pooled"}
 
-Every backbone has the stages ``stem, layer1, layer2, layer3, layer4`` (see :mod:`backbones.base`)
-and the same initialisation. ``describe_backbones()`` tabulates parameters and forward GMACs.
+Every backbone has the stages ``stem, layer1, layer2, layer3, layer4`` (see :mod:`backbones.base`).
+Its initialisation is named when it is built, ``create_backbone(name, init=...)`` with one of
+``INIT_SCHEMES``: "kaiming_fan_out" (the default; torchvision's and MLFO's) or "pytorch_default"
+(each module's own constructor defaults; IIC's). ``describe_backbones()`` tabulates parameters and
+forward GMACs.
 """
 
 from .base import (
+    INIT_SCHEMES,
     POOLED,
     STAGE_NAMES,
     UnknownBackboneError,
@@ -30,6 +34,7 @@ from .s3d import S3D, s3d_state_dict_from_torchvision
 
 __all__ = [
     "C3D",
+    "INIT_SCHEMES",
     "POOLED",
     "STAGE_NAMES",
     "S3D",

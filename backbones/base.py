@@ -9,12 +9,17 @@ network they hold:
     stem -> layer1 -> layer2 -> layer3 -> layer4 -> global average pool -> "pooled" (B, D)
 
 A subclass builds one module per stage, as attributes named after the stages, fills in
-``stage_channels`` and calls :func:`init_weights`; the base class does the rest. Pooling is a plain
-mean over (T, H, W), so ``pooled == layer4.mean((2, 3, 4))`` holds exactly, any input size gives
-(B, D), and the result does not depend on the memory format (``channels_last_3d`` or not).
+``stage_channels`` and calls :func:`init_weights` with the scheme it was given; the base class
+does the rest. Pooling is a plain mean over (T, H, W), so ``pooled == layer4.mean((2, 3, 4))``
+holds exactly, any input size gives (B, D), and the result does not depend on the memory format
+(``channels_last_3d`` or not).
 
 The registry follows timm: factories are decorated with ``@register_backbone("name")`` and
-built with ``create_backbone("name", in_channels=3, **variant_kwargs)``.
+built with ``create_backbone("name", in_channels=3, init="kaiming_fan_out", **variant_kwargs)``.
+
+The initialisation is part of the spec, because the seed papers differ in it: torchvision's
+VideoResNet and MLFO's R3D-18 draw convolutions kaiming-normal (fan_out), IIC's R3DNet keeps
+PyTorch's per-module defaults. ``INIT_SCHEMES`` names the choices; the default is the former.
 """
 
 from __future__ import annotations
@@ -90,12 +95,38 @@ class VideoBackbone(nn.Module):
         return out
 
 
-def init_weights(module: nn.Module) -> None:
-    """Kaiming-normal convolutions (fan_out, ReLU), zero conv biases, BN weight 1 and bias 0.
+INIT_SCHEMES: tuple[str, ...] = ("kaiming_fan_out", "pytorch_default")
+DEFAULT_INIT = "kaiming_fan_out"
 
-    The initialisation torchvision's VideoResNet uses; applied to every backbone here so that the
-    architectures differ only in layout when they are compared from scratch.
+
+def check_init_scheme(scheme: str) -> str:
+    """``scheme`` if it is one of ``INIT_SCHEMES``; otherwise an UnknownNameError naming them."""
+    if scheme not in INIT_SCHEMES:
+        raise UnknownNameError(f"unknown init scheme {scheme!r}; valid init schemes: {', '.join(INIT_SCHEMES)}")
+    return scheme
+
+
+def init_weights(module: nn.Module, scheme: str = DEFAULT_INIT) -> None:
+    """Initialise every parameter of ``module`` by the named scheme (one of ``INIT_SCHEMES``).
+
+    * ``"kaiming_fan_out"``: kaiming-normal convolutions (fan_out, ReLU), zero conv biases, norm
+      weight 1 and bias 0; torchvision's VideoResNet (and MLFO's R3D) initialisation. Linear
+      layers keep their defaults.
+    * ``"pytorch_default"``: each submodule's own ``reset_parameters()``, i.e. exactly what its
+      constructor draws (convolutions and linears kaiming-uniform with a = sqrt(5), so
+      U(-1/sqrt(fan_in), 1/sqrt(fan_in)); norms weight 1, bias 0); IIC's R3DNet, which sets no
+      initialisation of its own.
+
+    Both work on the "meta" device, where they draw nothing.
     """
+    if check_init_scheme(scheme) == "pytorch_default":
+        _reset_to_pytorch_defaults(module)
+    else:
+        _kaiming_fan_out(module)
+
+
+def _kaiming_fan_out(module: nn.Module) -> None:
+    """Kaiming-normal (fan_out, ReLU) convs with zero biases; affine norms at weight 1, bias 0."""
     for m in module.modules():
         if isinstance(m, (nn.Conv3d, nn.Conv2d, nn.Conv1d)):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -104,6 +135,14 @@ def init_weights(module: nn.Module) -> None:
         elif isinstance(m, (_BatchNorm, nn.GroupNorm)) and m.affine:
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
+
+
+def _reset_to_pytorch_defaults(module: nn.Module) -> None:
+    """Redraw every submodule that defines ``reset_parameters`` as its constructor would."""
+    for m in module.modules():
+        reset = getattr(m, "reset_parameters", None)
+        if callable(reset):
+            reset()
 
 
 # --------------------------------------------------------------------------------------------
@@ -118,7 +157,11 @@ _REGISTRY: dict[str, Callable[..., VideoBackbone]] = {}
 
 
 def register_backbone(name: str) -> Callable[[Callable[..., VideoBackbone]], Callable[..., VideoBackbone]]:
-    """Decorator: register a factory ``fn(in_channels=3, **kwargs) -> VideoBackbone`` as ``name``."""
+    """Decorator: register a factory ``fn(in_channels=3, init=..., **kwargs) -> VideoBackbone``.
+
+    The factory must accept ``init`` (one of ``INIT_SCHEMES``), which ``create_backbone`` always
+    passes, and apply it with :func:`init_weights`.
+    """
 
     def decorator(fn: Callable[..., VideoBackbone]) -> Callable[..., VideoBackbone]:
         if name in _REGISTRY and _REGISTRY[name] is not fn:
@@ -134,11 +177,13 @@ def list_backbones() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def create_backbone(name: str, **kwargs) -> VideoBackbone:
-    """Build the backbone registered as ``name``; kwargs (``in_channels`` ...) go to its factory.
+def create_backbone(name: str, *, init: str = DEFAULT_INIT, **kwargs) -> VideoBackbone:
+    """Build the backbone registered as ``name``, initialised by the scheme ``init``.
 
-    Honours the ambient ``torch.device(...)`` context, so ``with torch.device("meta"):`` builds a
-    weightless copy for shape and cost checks.
+    ``init`` is one of ``INIT_SCHEMES`` (see :func:`init_weights`); the other kwargs
+    (``in_channels`` ...) go to the factory. An unknown name or scheme raises UnknownNameError
+    listing the valid ones. Honours the ambient ``torch.device(...)`` context, so
+    ``with torch.device("meta"):`` builds a weightless copy for shape and cost checks.
     """
     try:
         factory = _REGISTRY[name]
@@ -146,7 +191,7 @@ def create_backbone(name: str, **kwargs) -> VideoBackbone:
         raise UnknownBackboneError(
             f"unknown backbone {name!r}; registered backbones: {', '.join(list_backbones())}"
         ) from None
-    return factory(**kwargs)
+    return factory(init=check_init_scheme(init), **kwargs)
 
 
 # --------------------------------------------------------------------------------------------

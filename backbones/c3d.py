@@ -27,7 +27,7 @@ from collections import OrderedDict
 
 from torch import nn
 
-from .base import VideoBackbone, init_weights, register_backbone
+from .base import DEFAULT_INIT, VideoBackbone, init_weights, register_backbone
 
 __all__ = ["C3D", "c3d"]
 
@@ -51,7 +51,7 @@ def pool(kernel: tuple[int, int, int]) -> nn.MaxPool3d:
 class C3D(VideoBackbone):
     """C3D-BN, VCOP/IIC layout, ending in global average pooling to 512-d."""
 
-    def __init__(self, in_channels: int = 3) -> None:
+    def __init__(self, in_channels: int = 3, init: str = DEFAULT_INIT) -> None:
         super().__init__()
         self.stem = nn.Sequential(OrderedDict(conv1=conv_bn_relu(in_channels, 64)))
         self.layer1 = nn.Sequential(OrderedDict(pool1=pool((1, 2, 2)), conv2=conv_bn_relu(64, 128)))
@@ -65,10 +65,10 @@ class C3D(VideoBackbone):
             OrderedDict(pool4=pool((2, 2, 2)), conv5a=conv_bn_relu(512, 512), conv5b=conv_bn_relu(512, 512))
         )
         self._set_stage_channels((64, 128, 256, 512, 512))
-        init_weights(self)
+        init_weights(self, init)
 
 
 @register_backbone("c3d")
-def c3d(in_channels: int = 3) -> C3D:
+def c3d(in_channels: int = 3, init: str = DEFAULT_INIT) -> C3D:
     """C3D-BN as in VCOP/IIC: 27,661,440 parameters, ~38.5 GMACs at 16x112x112, 512-d features."""
-    return C3D(in_channels)
+    return C3D(in_channels, init=init)

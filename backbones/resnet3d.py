@@ -14,14 +14,19 @@ choices, made per factory below:
     - ``"2d"``: 1x3x3 only, no temporal mixing (torchvision ``Conv3DNoTemporal``; MSCL's flow net).
   M = floor(kt*k*k*Cin*Cout / (k*k*Cin + kt*Cout)) keeps the factorised conv's parameter count
   equal to the full 3D conv's (Tran et al., sec. 3.5);
-* the stem: a 3x7x7 conv (R3D), a factorised 1x7x7 + 3x1x1 pair (R(2+1)D), or MSCL's 1x7x7 conv
-  with stride 2 in time. None has a max-pool, as in the reference layouts;
+* the stem: a 3x7x7 conv (R3D), a factorised 1x7x7 + 3x1x1 pair (R(2+1)D), MSCL's 1x7x7 conv
+  with stride 2 in time, or MLFO's 7x7x7 conv followed by a 1x3x3 max-pool of stride 1x2x2. Only
+  MLFO's stem has a max-pool (it belongs to the ``stem`` stage), as in the reference layouts;
+  it quarters every later map and cuts the cost of an R3D-18 about threefold;
 * depth and width: [2,2,2,2] x 64..512 ("-18"), [1,1,1,1] (VCOP/IIC's "R3D"/"R(2+1)D", really
   10 layers deep), or 16..128 (tiny CPU variants, MSCL's quarter-width flow net).
 
 The module names (``stem``, ``layer1.0.conv1.0`` ...) follow torchvision's ``VideoResNet``, so
 torchvision's Kinetics-400 state dicts for r3d_18 / r2plus1d_18 load into ``r3d_18`` /
-``r2plus1d_18`` once their ``fc.*`` entries are dropped.
+``r2plus1d_18`` once their ``fc.*`` entries are dropped. ``r3d_18_mlfo`` uses the same names
+(MLFO's own ``conv1``/``bn1``/``layerN.i.bn1`` naming would need renaming to load).
+
+Every network is initialised by the scheme passed as ``init`` (see :func:`backbones.base.init_weights`).
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 from torchvision.models.video.resnet import Conv2Plus1D, Conv3DNoTemporal, Conv3DSimple
 
-from .base import VideoBackbone, init_weights, register_backbone
+from .base import DEFAULT_INIT, VideoBackbone, init_weights, register_backbone
 
 __all__ = [
     "BasicBlock",
@@ -43,6 +48,7 @@ __all__ = [
     "r21d_tiny",
     "r21d_vcop",
     "r3d_18",
+    "r3d_18_mlfo",
     "r3d_tiny",
     "r3d_vcop",
 ]
@@ -167,6 +173,19 @@ def flow_r2d_stem(in_channels: int, width: int) -> nn.Sequential:
     )
 
 
+def mlfo_stem(in_channels: int, width: int) -> nn.Sequential:
+    """Conv3d k=7x7x7 s=1x2x2 p=3 -> BN -> ReLU -> MaxPool3d k=1x3x3 s=1x2x2 p=0x1x1: MLFO's stem.
+
+    The conv keeps time and halves space, the pool halves space again (112 px -> 56 -> 28).
+    """
+    return nn.Sequential(
+        nn.Conv3d(in_channels, width, kernel_size=7, stride=(1, 2, 2), padding=3, bias=False),
+        nn.BatchNorm3d(width),
+        nn.ReLU(inplace=True),
+        nn.MaxPool3d(kernel_size=(1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1)),
+    )
+
+
 # --------------------------------------------------------------------------------------------
 # The network
 
@@ -180,7 +199,9 @@ class ResNet3D(VideoBackbone):
         layers: BasicBlocks per stage.
         widths: output channels of the four stages (layer1 keeps the stem's width).
         zero_init_residual: start every block's last BN at gamma = 0, so each block begins as
-            the identity (Goyal et al. 2017); off by default, as in the references.
+            the identity (Goyal et al. 2017); off by default, as in the references. Applied
+            after ``init``.
+        init: the initialisation scheme, one of ``INIT_SCHEMES`` (see ``init_weights``).
     """
 
     def __init__(
@@ -190,6 +211,7 @@ class ResNet3D(VideoBackbone):
         layers: Sequence[int],
         widths: Sequence[int] = (64, 128, 256, 512),
         zero_init_residual: bool = False,
+        init: str = DEFAULT_INIT,
     ) -> None:
         super().__init__()
         if conv not in CONV_KINDS:
@@ -203,7 +225,7 @@ class ResNet3D(VideoBackbone):
         self.layer4 = make_layer(w3, w4, n4, conv, stride=2)
         self._set_stage_channels((w1, w1, w2, w3, w4))
 
-        init_weights(self)
+        init_weights(self, init)
         if zero_init_residual:
             for m in self.modules():
                 if isinstance(m, BasicBlock):
@@ -212,41 +234,62 @@ class ResNet3D(VideoBackbone):
 
 # --------------------------------------------------------------------------------------------
 # Registered variants
+#
+# Every factory takes ``in_channels``, ``zero_init_residual`` and ``init`` (see ResNet3D).
 
 
 @register_backbone("r3d_18")
-def r3d_18(in_channels: int = 3, zero_init_residual: bool = False) -> ResNet3D:
+def r3d_18(in_channels: int = 3, zero_init_residual: bool = False, init: str = DEFAULT_INIT) -> ResNet3D:
     """torchvision's R3D-18 without its fc: 3x3x3 BasicBlocks [2,2,2,2], widths 64..512.
 
     33,166,272 parameters and 40.70 GMACs at 16x112x112 (torchvision: 33,371,472 with the
     400-way fc); the layer4 map is 512x2x7x7 for a 16x112x112 clip.
     """
-    return ResNet3D(r3d_stem(in_channels, 64), "3d", (2, 2, 2, 2), zero_init_residual=zero_init_residual)
+    stem = r3d_stem(in_channels, 64)
+    return ResNet3D(stem, "3d", (2, 2, 2, 2), zero_init_residual=zero_init_residual, init=init)
+
+
+@register_backbone("r3d_18_mlfo")
+def r3d_18_mlfo(in_channels: int = 3, zero_init_residual: bool = False, init: str = DEFAULT_INIT) -> ResNet3D:
+    """MLFO's 3D-ResNet-18 (``generate_model(18)`` in shvdiwnkozbw/Video-Representation-via-
+    Multi-level-Optimization ``r3d.py``, the backbone its ``model.py`` builds).
+
+    ``r3d_18``'s blocks, widths and 1x1x1 projection shortcuts (its shortcut type "B"), behind
+    MLFO's stem: a 7x7x7 conv (stride 1x2x2, padding 3) and a 1x3x3 max-pool (stride 1x2x2,
+    padding 0x1x1). 33,203,904 parameters and 13.31 GMACs at 16x112x112 (r3d_18: 40.70); the
+    layer4 map is 512x2x4x4 for a 16x112x112 clip (r3d_18: 512x2x7x7). MLFO's reference draws
+    its convs kaiming-normal (fan_out), the default ``init`` here. Its motion-excitation heads on
+    layer2/layer3 and its (2,1,1) average pool are parts of the method, not of this backbone.
+    """
+    stem = mlfo_stem(in_channels, 64)
+    return ResNet3D(stem, "3d", (2, 2, 2, 2), zero_init_residual=zero_init_residual, init=init)
 
 
 @register_backbone("r2plus1d_18")
-def r2plus1d_18(in_channels: int = 3, zero_init_residual: bool = False) -> ResNet3D:
+def r2plus1d_18(in_channels: int = 3, zero_init_residual: bool = False, init: str = DEFAULT_INIT) -> ResNet3D:
     """torchvision's R(2+1)D-18 without its fc: (2+1)D stem with M = 45, Conv2Plus1D blocks [2,2,2,2].
 
     31,300,125 parameters and 40.52 GMACs at 16x112x112 (torchvision: 31,505,325 with the fc).
     """
     stem = r2plus1d_stem(in_channels, 64, 45)
-    return ResNet3D(stem, "2plus1d", (2, 2, 2, 2), zero_init_residual=zero_init_residual)
+    return ResNet3D(stem, "2plus1d", (2, 2, 2, 2), zero_init_residual=zero_init_residual, init=init)
 
 
 @register_backbone("r3d_vcop")
-def r3d_vcop(in_channels: int = 3, zero_init_residual: bool = False) -> ResNet3D:
+def r3d_vcop(in_channels: int = 3, zero_init_residual: bool = False, init: str = DEFAULT_INIT) -> ResNet3D:
     """VCOP/IIC's "R3D" (``R3DNet(layer_sizes=(1,1,1,1))`` in BestJuly/IIC ``models/r3d.py``).
 
     The R3D-18 stem and blocks with one block per stage, i.e. an R3D-10: 14,361,792 parameters,
     19.89 GMACs at 16x112x112 (14,566,992 with torchvision's 400-way fc). conv5 (= layer4) is
-    512x2x7x7, the map IIC max-pools by (1,2,2) and flattens to 9216-d for retrieval.
+    512x2x7x7, the map IIC max-pools by (1,2,2) and flattens to 9216-d for retrieval. IIC's
+    R3DNet sets no initialisation of its own: ``init="pytorch_default"`` reproduces it.
     """
-    return ResNet3D(r3d_stem(in_channels, 64), "3d", (1, 1, 1, 1), zero_init_residual=zero_init_residual)
+    stem = r3d_stem(in_channels, 64)
+    return ResNet3D(stem, "3d", (1, 1, 1, 1), zero_init_residual=zero_init_residual, init=init)
 
 
 @register_backbone("r21d_vcop")
-def r21d_vcop(in_channels: int = 3, zero_init_residual: bool = False) -> ResNet3D:
+def r21d_vcop(in_channels: int = 3, zero_init_residual: bool = False, init: str = DEFAULT_INIT) -> ResNet3D:
     """VCOP/IIC's "R(2+1)D" (``R2Plus1DNet((1,1,1,1))`` in BestJuly/IIC ``models/r21d.py``).
 
     Factorised stem (M = 83 for RGB) and one (2+1)D block per stage, every conv's M from its own
@@ -255,11 +298,11 @@ def r21d_vcop(in_channels: int = 3, zero_init_residual: bool = False) -> ResNet3
     12.5-12.8M / 19.7 GMACs sometimes quoted for it is torchvision's block rule, ``r2plus1d_10``.
     """
     stem = r2plus1d_stem(in_channels, 64, factorized_midplanes(in_channels, 64, (3, 7, 7)))
-    return ResNet3D(stem, "2plus1d_vcop", (1, 1, 1, 1), zero_init_residual=zero_init_residual)
+    return ResNet3D(stem, "2plus1d_vcop", (1, 1, 1, 1), zero_init_residual=zero_init_residual, init=init)
 
 
 @register_backbone("r2plus1d_10")
-def r2plus1d_10(in_channels: int = 3, zero_init_residual: bool = False) -> ResNet3D:
+def r2plus1d_10(in_channels: int = 3, zero_init_residual: bool = False, init: str = DEFAULT_INIT) -> ResNet3D:
     """torchvision's R(2+1)D layout with one block per stage, as DCLR's ``view_resnet.py`` builds
     its "r2plus1d_18" (layers [1,1,1,1]): stem M = 45, one M per block.
 
@@ -267,26 +310,26 @@ def r2plus1d_10(in_channels: int = 3, zero_init_residual: bool = False) -> ResNe
     whose per-conv M keeps every factorised conv as large as the 3D conv it replaces.
     """
     stem = r2plus1d_stem(in_channels, 64, 45)
-    return ResNet3D(stem, "2plus1d", (1, 1, 1, 1), zero_init_residual=zero_init_residual)
+    return ResNet3D(stem, "2plus1d", (1, 1, 1, 1), zero_init_residual=zero_init_residual, init=init)
 
 
 @register_backbone("r3d_tiny")
-def r3d_tiny(in_channels: int = 3, zero_init_residual: bool = False) -> ResNet3D:
+def r3d_tiny(in_channels: int = 3, zero_init_residual: bool = False, init: str = DEFAULT_INIT) -> ResNet3D:
     """A tiny R3D for CPU tests and benchmarks: r3d_vcop's layout at widths 16/32/64/128."""
-    return ResNet3D(
-        r3d_stem(in_channels, 16), "3d", (1, 1, 1, 1), (16, 32, 64, 128), zero_init_residual=zero_init_residual
-    )
+    stem = r3d_stem(in_channels, 16)
+    return ResNet3D(stem, "3d", (1, 1, 1, 1), (16, 32, 64, 128), zero_init_residual=zero_init_residual, init=init)
 
 
 @register_backbone("r21d_tiny")
-def r21d_tiny(in_channels: int = 3, zero_init_residual: bool = False) -> ResNet3D:
+def r21d_tiny(in_channels: int = 3, zero_init_residual: bool = False, init: str = DEFAULT_INIT) -> ResNet3D:
     """A tiny R(2+1)D for CPU tests and benchmarks: r21d_vcop's layout at widths 16/32/64/128."""
     stem = r2plus1d_stem(in_channels, 16, factorized_midplanes(in_channels, 16, (3, 7, 7)))
-    return ResNet3D(stem, "2plus1d_vcop", (1, 1, 1, 1), (16, 32, 64, 128), zero_init_residual=zero_init_residual)
+    widths = (16, 32, 64, 128)
+    return ResNet3D(stem, "2plus1d_vcop", (1, 1, 1, 1), widths, zero_init_residual=zero_init_residual, init=init)
 
 
 @register_backbone("r2d_flow")
-def r2d_flow(in_channels: int = 3, zero_init_residual: bool = False) -> ResNet3D:
+def r2d_flow(in_channels: int = 3, zero_init_residual: bool = False, init: str = DEFAULT_INIT) -> ResNet3D:
     """MSCL's flow encoder (``resnet_flow.r2d_18`` in its ``mmaction/models/backbones/fastonly.py``).
 
     A quarter-width 2D ResNet-18 applied frame by frame: stem 1x7x7 with stride 2 in time and
@@ -294,4 +337,4 @@ def r2d_flow(in_channels: int = 3, zero_init_residual: bool = False) -> ResNet3D
     3-channel colour-coded flow; 8 flow frames at 112 px give a 128x4x7x7 layer4 map.
     """
     stem = flow_r2d_stem(in_channels, 16)
-    return ResNet3D(stem, "2d", (2, 2, 2, 2), (16, 32, 64, 128), zero_init_residual=zero_init_residual)
+    return ResNet3D(stem, "2d", (2, 2, 2, 2), (16, 32, 64, 128), zero_init_residual=zero_init_residual, init=init)

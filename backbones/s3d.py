@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from torchvision.models.video.s3d import SepInceptionBlock3D, TemporalSeparableConv
 from torchvision.ops.misc import Conv3dNormActivation
 
-from .base import VideoBackbone, init_weights, register_backbone
+from .base import DEFAULT_INIT, VideoBackbone, init_weights, register_backbone
 
 __all__ = ["S3D", "s3d", "s3d_state_dict_from_torchvision"]
 
@@ -48,7 +48,7 @@ def spatial_pool() -> nn.MaxPool3d:
 class S3D(VideoBackbone):
     """S3D without its classifier; (B, 1024) pooled features at any clip size large enough."""
 
-    def __init__(self, in_channels: int = 3, bn_momentum: float = 0.1) -> None:
+    def __init__(self, in_channels: int = 3, bn_momentum: float = 0.1, init: str = DEFAULT_INIT) -> None:
         super().__init__()
         norm = partial(nn.BatchNorm3d, eps=1e-3, momentum=bn_momentum)
         self.stem = nn.Sequential(OrderedDict(Conv_1a=TemporalSeparableConv(in_channels, 64, 7, 2, 3, norm)))
@@ -85,14 +85,14 @@ class S3D(VideoBackbone):
             )
         )
         self._set_stage_channels((64, 192, 480, 832, 1024))
-        init_weights(self)
+        init_weights(self, init)
 
 
 @register_backbone("s3d")
-def s3d(in_channels: int = 3, bn_momentum: float = 0.1) -> S3D:
+def s3d(in_channels: int = 3, bn_momentum: float = 0.1, init: str = DEFAULT_INIT) -> S3D:
     """S3D without classifier: 7,910,048 parameters (torchvision: 8,320,048 with the 400-way
     classifier), ~17.98 GMACs at 16x224x224 and ~4.5 at 16x112x112; 1024-d features."""
-    return S3D(in_channels, bn_momentum)
+    return S3D(in_channels, bn_momentum, init=init)
 
 
 # torchvision's S3D.features index -> the module path here (the pools hold no weights).

@@ -29,7 +29,7 @@ from evaluation.finetune import run_finetune
 from evaluation.knn import evaluate_knn, knn_classify
 from evaluation.linear import evaluate_linear
 from evaluation.probes import load_bias_alignment, motion_probe, static_bias_gap
-from evaluation.protocols import FeatureProtocol, FinetuneProtocol, KNNProtocol, LinearProtocol, RetrievalProtocol, resolve_stride
+from evaluation.protocols import EncoderTraining, FeatureProtocol, FinetuneProtocol, KNNProtocol, LinearProtocol, RetrievalProtocol, resolve
 from evaluation.retrieval import evaluate_retrieval, topk_neighbours
 from harness.config import ConfigError, DataConfig
 from harness.data.datasets import DatasetError, VideoDataset, open_dataset
@@ -66,6 +66,14 @@ class EvalConfig:
                  "knn": KNNProtocol(features=f, k=self.knn_k, temperature=self.knn_temperature), "probe": f,
                  "finetune": self.finetune}
         return {name: every[name] for name in self.protocols}
+
+
+def resolve_all(config: EvalConfig, trained: EncoderTraining | None) -> EvalConfig:
+    """``config`` with its feature and fine-tune protocols resolved against how the encoder was
+    ``trained`` (:func:`evaluation.protocols.resolve`); a ConfigError names the keys to set when
+    ``trained`` is None and a protocol leaves them to the encoder."""
+    finetune = resolve(config.finetune, trained) if "finetune" in config.protocols else config.finetune
+    return dataclasses.replace(config, features=resolve(config.features, trained), finetune=finetune)
 
 
 def protocol_tags(config: EvalConfig) -> dict[str, str]:
@@ -134,16 +142,18 @@ def evaluate_encoder(
     output_dir: str | Path = "runs",
     run_name: str = "eval",
     examples_path: str | Path | None = None,
-    train_stride: int = 1,
+    trained: EncoderTraining | None,
 ) -> dict[str, float]:
     """All enabled protocols on ``encoder``; fine-tuning needs ``finetune_from`` (an encoder.pt) and ``backbone``.
 
-    ``train_stride``: the temporal stride the encoder was trained at; protocols whose stride is
-    None take their clips at it (``eval/stride`` records the value used). With ``examples_path``,
+    ``trained``: how the encoder was trained (the temporal stride of its clips and its input
+    convention); protocol fields left None follow it (``eval/stride`` records the stride used).
+    None (an encoder file that does not record it) is accepted only when the protocols set those
+    fields themselves. With ``examples_path``,
     retrieval also draws a PNG grid of test queries and their top-5 train neighbours (frame
     strips, framed green when the class matches)."""
     protocols = config.protocol_objects()
-    config = dataclasses.replace(config, features=resolve_stride(config.features, train_stride))
+    config = resolve_all(config, trained)
     train, test = eval_data(data, config)
     metrics: dict[str, float] = {"eval/stride": float(config.features.stride)}
     encoder = encoder.to(device).eval()
@@ -156,7 +166,7 @@ def evaluate_encoder(
     if "finetune" in protocols and finetune_from is not None:
         ft, _ = run_finetune(config.finetune, backbone=backbone, data=data, init_encoder=finetune_from, seed=seed,
                              device=str(device), output_dir=output_dir, run_name=finetune_run_name(run_name), workers=config.workers,
-                             train_stride=train_stride)
+                             trained=trained)
         metrics |= _prefixed("finetune", ft)
     return metrics
 

@@ -9,17 +9,14 @@ of a split, computed the same way for every method. :func:`extract_features` com
 2. **Crop.** A deterministic centre crop to ``protocol.crop`` (:func:`center_crop_video` with
    ``resize=None``: frames are already decoded at ``protocol.resize``, so the crop is an exact
    slice), giving float clips in [0, 1].
-3. **Modality** (:func:`encoder_input`), applied to the [0, 1] crop:
+3. **Input convention** (:func:`~harness.data.encoder_input.to_encoder_input`), applied to the
+   [0, 1] crop: the protocol's ``modality``, ``value_range`` and ``normalize_input``, each taken
+   from how the encoder was trained when the protocol leaves it None (:func:`evaluation.protocols.resolve`):
 
-   - ``"rgb"``: the frames, ImageNet mean/std normalised when ``protocol.normalize_input``;
-   - ``"residual"``: IIC's residual clip ``(x - roll(x, 1, T) + 1) / 2``
-     (:func:`~harness.data.modalities.residual_frames` with ``rescale=True``) computed on the
-     **[0, 1] clip, before any normalisation**, as IIC computes it (its evaluation transforms
-     stop at ``ToTensor``, so the residual of [0, 1] frames is what its network saw; the rescale
-     maps it back into [0, 1]). When ``protocol.normalize_input`` is set, the residual clip is
-     then normalised like an RGB clip, so that "normalise" always means the same thing: the
-     encoder's input went through ImageNet mean/std. IIC-style methods train without
-     normalisation and use ``normalize_input=False``;
+   - ``"rgb"``: the frames, mapped to the value range, then ImageNet mean/std normalised when
+     ``normalize_input`` (IIC trains on [0, 1] frames without normalisation; the others normalise);
+   - ``"residual"``: IIC's residual clip ``(x - roll(x, 1, T) + 1) / 2`` computed on the **[0, 1]
+     clip, before any normalisation**, as IIC computes it, then the value range and normalisation;
    - ``"flow"``: the 2-channel (u, v) clip of the flow cache (``flow_root``, see
      :mod:`harness.data.modalities`) mapped to [0, 1] (``q / 255``, 0.5 = no motion), never
      normalised (ImageNet statistics are RGB statistics), which is what the training pipeline
@@ -35,7 +32,9 @@ of a split, computed the same way for every method. :func:`extract_features` com
 5. **Per video**: the MEAN of the clip features (in float32).
 6. **Merge** (``protocol.merge``, IIC's "merge" of RGB and residual): the per-video features of
    the second modality, computed with the same encoder from the same decoded clips, are
-   concatenated after each part is L2-normalised: ``[f_mod / |f_mod|, f_merge / |f_merge|]``.
+   concatenated: ``merge_rule="l2"`` L2-normalises each part first,
+   ``[f_mod / |f_mod|, f_merge / |f_merge|]``, so neither modality dominates the cosine by its
+   norm; ``merge_rule="concat"`` concatenates the raw features, as IIC's retrieval script does.
    Both modalities must have the same channel count (rgb + residual; flow has 2 channels).
 
 The encoder runs in eval mode under ``torch.no_grad()`` (not inference mode, so the returned
@@ -78,9 +77,9 @@ from tqdm.auto import tqdm
 from evaluation.protocols import FeatureProtocol
 from harness.data.datasets import VideoDataset
 from harness.data.loader import LoadRequest, make_loader
-from harness.data.modalities import residual_frames
+from harness.data.encoder_input import to_encoder_input
 from harness.data.sampling import ClipSpec
-from harness.data.transforms import IMAGENET_MEAN, IMAGENET_STD, center_crop_video, normalize
+from harness.data.transforms import center_crop_video
 from harness.data.video import CorruptVideo
 from harness.io import atomic_write
 from harness.distributed import all_gather, is_distributed, rank, world_size
@@ -96,7 +95,6 @@ __all__ = [
     "conv5_maxpool_dim",
     "crop_clips",
     "encoder_fingerprint",
-    "encoder_input",
     "extract_features",
     "feature_cache_path",
 ]
@@ -183,22 +181,6 @@ def crop_clips(x: Tensor, crop: int) -> Tensor:
     return center_crop_video(x.reshape(b * c, *x.shape[2:]), (crop, crop), resize=None)
 
 
-def encoder_input(x: Tensor, modality: str, *, normalize_input: bool) -> Tensor:
-    """A float [0, 1] clip batch (B, C, T, H, W) of the modality's stream -> what the encoder gets.
-
-    rgb: normalised (ImageNet mean/std) if ``normalize_input``. residual: IIC's rescaled
-    residual of the [0, 1] frames, then normalised if ``normalize_input``. flow: returned as it
-    is ([0, 1], never normalised). See the module docstring for why.
-    """
-    if modality == "flow":
-        return x
-    if modality == "residual":
-        x = residual_frames(x, rescale=True)
-    elif modality != "rgb":
-        raise ValueError(f"unknown modality {modality!r}; valid: {tuple(MODALITY_CHANNELS)}")
-    return normalize(x, IMAGENET_MEAN, IMAGENET_STD) if normalize_input else x
-
-
 def conv5_maxpool(layer4: Tensor) -> Tensor:
     """IIC's retrieval feature: a (B, C, T, H, W) conv5 map max-pooled by (1, 2, 2), flattened."""
     return F.max_pool3d(layer4, kernel_size=CONV5_POOL, stride=CONV5_POOL).flatten(1)
@@ -244,13 +226,13 @@ def _video_features(encoder: nn.Module, batch: dict, protocol: FeatureProtocol, 
     b = batch["index"].shape[0]
     parts = []
     for m in mods:
-        x = encoder_input(streams[STREAM[m]], m, normalize_input=protocol.normalize_input)
+        x = to_encoder_input(streams[STREAM[m]], protocol.input_convention(m))
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             f = clip_features(encoder, x, protocol.layer)
         parts.append(f.float().reshape(b, protocol.clips, -1).mean(dim=1))
     if len(parts) == 1:
         return parts[0]
-    return torch.cat([F.normalize(p, dim=1) for p in parts], dim=1)
+    return torch.cat(parts if protocol.merge_rule == "concat" else [F.normalize(p, dim=1) for p in parts], dim=1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -465,10 +447,10 @@ def extract_features(
     protocol this data or encoder cannot serve (wrong split, flow without ``flow_root``).
     """
     device = torch.device(device)
+    if protocol.stride is None or protocol.modality is None:
+        raise ValueError("the feature protocol follows its encoder (stride or input convention None): "
+                         "resolve it first with evaluation.protocols.resolve")
     mods = _modalities(protocol)
-    if protocol.stride is None:
-        raise ValueError("the feature protocol's stride is None (the encoder's training stride): "
-                         "resolve it first with evaluation.protocols.resolve_stride")
     if len(videos) == 0:
         raise ValueError(f"{videos.name}/{videos.subset}: no videos to extract features from")
     if videos.split is not None and videos.split != protocol.split:

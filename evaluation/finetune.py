@@ -21,11 +21,12 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from evaluation.features import crop_clips, encoder_input
-from evaluation.protocols import FinetuneProtocol, resolve_stride
+from evaluation.features import crop_clips
+from evaluation.protocols import EncoderTraining, FinetuneProtocol, resolve
 from evaluation.uncertainty import with_interval
 from harness.config import DataConfig, PretrainConfig
 from harness.data.datasets import VideoDataset, open_dataset
+from harness.data.encoder_input import to_encoder_input
 from harness.data.loader import LoadRequest, make_loader
 from harness.data.sampling import ClipSpec
 
@@ -33,11 +34,14 @@ from harness.data.sampling import ClipSpec
 def finetune_config(protocol: FinetuneProtocol, *, backbone: str, data: DataConfig, num_classes: int, init_encoder: str | None,
                     seed: int, device: str, output_dir: str, run_name: str) -> PretrainConfig:
     """The training config of the fine-tune protocol (the ``supervised`` method on the train split);
-    ``protocol.stride`` must be resolved (:func:`evaluation.protocols.resolve_stride`)."""
+    ``protocol`` must be resolved against the encoder (:func:`evaluation.protocols.resolve`): the
+    classifier is fed as the encoder was trained."""
+    convention = protocol.input_convention()
     return PretrainConfig(
         method="supervised", backbone=backbone, data=dataclasses.replace(data, split=protocol.split, subset="train"),
         method_args={"num_classes": num_classes, "frames": protocol.frames, "crop": protocol.crop, "stride": protocol.stride,
-                     "flip": protocol.flip, "crop_scale": protocol.crop_scale},
+                     "flip": protocol.flip, "crop_scale": protocol.crop_scale, "modality": convention.modality,
+                     "value_range": convention.value_range, "normalize": convention.normalize},
         optimizer=protocol.optimizer, epochs=protocol.epochs, batch_size=protocol.batch_size, lr=protocol.lr, milestones=protocol.milestones,
         weight_decay=protocol.weight_decay, decode_size=protocol.resize, steps_per_epoch=protocol.steps_per_epoch,
         init_encoder=init_encoder, seed=seed, device=device, output_dir=output_dir, run_name=run_name, progress=False,
@@ -55,7 +59,7 @@ def test_classifier(model, videos: VideoDataset, protocol: FinetuneProtocol, *, 
     video_hits: list[torch.Tensor] = []
     clip_hits = videos_seen = 0
     for batch in tqdm(loader, desc="fine-tune test", unit="batch", disable=not progress):
-        x = encoder_input(crop_clips(batch["rgb"].to(device), protocol.crop), "rgb", normalize_input=True)
+        x = to_encoder_input(crop_clips(batch["rgb"].to(device), protocol.crop), protocol.input_convention())
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             logits = model.logits(x)
         probs = logits.float().softmax(dim=1).reshape(len(batch["index"]), protocol.test_clips, -1)
@@ -68,17 +72,26 @@ def test_classifier(model, videos: VideoDataset, protocol: FinetuneProtocol, *, 
     return {**with_interval("video_top1", torch.cat(video_hits).float()), "clip_top1": clip_hits / (videos_seen * protocol.test_clips)}
 
 
+def classifier_training(protocol: FinetuneProtocol, trained: EncoderTraining | None = None) -> EncoderTraining:
+    """How the classifier's backbone is trained by ``protocol`` (stride and input convention), for
+    an encoder ``trained`` as given, or from scratch (None: stride 1, normalised RGB, unless the
+    protocol sets them): what evaluating that backbone afterwards must follow."""
+    resolved = resolve(protocol, trained or EncoderTraining())
+    return EncoderTraining(stride=resolved.stride, input=resolved.input_convention())
+
+
 def run_finetune(protocol: FinetuneProtocol, *, backbone: str, data: DataConfig, init_encoder: str | None, seed: int,
                  device: str, output_dir: str | Path, run_name: str, workers: int = 2,
-                 train_stride: int = 1) -> tuple[dict[str, float], torch.nn.Module]:
+                 trained: EncoderTraining | None = None) -> tuple[dict[str, float], torch.nn.Module]:
     """Train the classifier (from ``init_encoder``, or from scratch when None) and test it.
 
-    ``train_stride``: the encoder's pretraining stride, used when the protocol's stride is None.
-    Returns the test metrics and the trained backbone (the "supervised" reference row evaluates
-    it with the other protocols)."""
+    ``trained``: how the encoder was pretrained (stride, input convention), which the protocol's
+    None fields follow; from scratch (the "supervised" row) it defaults to stride 1 and normalised
+    RGB. Returns the test metrics and the trained backbone (the "supervised" reference row
+    evaluates it with the other protocols)."""
     from harness.train import Pretraining
 
-    protocol = resolve_stride(protocol, train_stride)
+    protocol = resolve(protocol, trained if init_encoder is not None else trained or EncoderTraining())
 
     test = open_dataset(data.path, format=data.format, split=protocol.split, subset="test", progress=False)
     config = finetune_config(protocol, backbone=backbone, data=data, num_classes=len(test.classes), init_encoder=init_encoder,

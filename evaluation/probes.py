@@ -48,13 +48,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from evaluation.features import STREAM, _unwrap, clip_features, crop_clips, encoder_input
+from evaluation.features import STREAM, _unwrap, clip_features, crop_clips
 from evaluation.protocols import FeatureProtocol
 from harness.data.datasets import DatasetError, VideoDataset
 from harness.data.loader import ClipDataset, LoadRequest
 from harness.data.modalities import read_flow, static_view
 from harness.data.sampling import ClipSpec
-from harness.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize
+from harness.data.encoder_input import to_encoder_input
 from harness.data.video import CorruptVideo, read_frames
 
 __all__ = [
@@ -169,10 +169,11 @@ def _probe_indices(n: int, max_videos: int, select: str) -> list[int]:
 
 def probe_transform(protocol: FeatureProtocol) -> Callable[[Tensor], Tensor] | None:
     """What turns :func:`probe_clips`' output into encoder input: None for rgb and flow (the clips
-    already are the input), the residual (then normalisation) for ``modality="residual"``."""
+    already are the input), the residual (then the value range and normalisation of the encoder's
+    input convention) for ``modality="residual"``."""
     if protocol.modality != "residual":
         return None
-    return lambda x: encoder_input(x, "residual", normalize_input=protocol.normalize_input)
+    return lambda x: to_encoder_input(x, protocol.input_convention())
 
 
 def _first_clip(dataset: ClipDataset, index: int, stream: str, flow_root) -> Tensor:
@@ -204,16 +205,16 @@ def probe_clips(
     (``select="first"``) or ``max_videos`` evenly spaced ones (``select="even"``, which covers
     every class of a class-sorted list). Undecodable videos raise ``CorruptVideo``.
 
-    Returned as the encoder sees them for ``modality`` rgb (normalised if
-    ``protocol.normalize_input``) and flow ([0, 1]); for ``"residual"`` they are the [0, 1] RGB
+    Returned as the encoder sees them for ``modality`` rgb and flow (the protocol's input
+    convention applied: :func:`~harness.data.encoder_input.to_encoder_input`); for ``"residual"`` they are the [0, 1] RGB
     frames, to be turned into residual clips *after* perturbation: pass
     ``transform=probe_transform(protocol)`` to :func:`motion_sensitivity`, or use
     :func:`motion_probe`, which does both. ``protocol.merge`` is ignored: the probes measure the
     protocol's main modality.
     """
-    if protocol.stride is None:
-        raise ValueError("the feature protocol's stride is None (the encoder's training stride): "
-                         "resolve it first with evaluation.protocols.resolve_stride")
+    if protocol.stride is None or protocol.modality is None:
+        raise ValueError("the feature protocol follows its encoder (stride or input convention None): "
+                         "resolve it first with evaluation.protocols.resolve")
     modality = protocol.modality
     stream = STREAM[modality]
     request = LoadRequest(
@@ -229,9 +230,7 @@ def probe_clips(
         raise ValueError(f"{videos.name}/{videos.subset}: no videos to probe")
     raw = torch.stack([_first_clip(dataset, i, stream, flow_root) for i in chosen])  # (N, 1, T, H, W, C)
     x = crop_clips(raw, protocol.crop)
-    if modality == "rgb" and protocol.normalize_input:
-        x = normalize(x, IMAGENET_MEAN, IMAGENET_STD)
-    return x
+    return x if modality == "residual" else to_encoder_input(x, protocol.input_convention())
 
 
 def motion_probe(

@@ -9,6 +9,12 @@ Defaults follow the VCOP/IIC convention for UCF101/HMDB51: split 1,
 train split as gallery / training set, test split as queries / test set, 10 clips of 16
 frames per video with evenly spaced centres, frames resized to 128x171 and centre-cropped to
 112, per-video feature = mean over clips.
+
+Fields left as None follow the encoder (:class:`EncoderTraining`, recorded in ``encoder.pt``):
+the temporal stride it was trained at, and its input convention (modality, value range,
+ImageNet normalisation; :class:`harness.data.encoder_input.InputConvention`). "Each encoder fed
+as it was trained" is one protocol, so the hash is that of the unresolved protocol;
+:func:`resolve` gives the copy that extracts the clips, and its hash keys the feature cache.
 """
 
 from __future__ import annotations
@@ -18,8 +24,12 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
+from harness.config import ConfigError
+from harness.data.encoder_input import EncoderTraining, InputConvention
+
 LAYERS = ("pooled", "conv5_maxpool")  # global average pool of layer4, or IIC's (1,2,2) max-pooled, flattened conv5
 MODALITIES = ("rgb", "residual", "flow")
+MERGE_RULES = ("l2", "concat")  # each part L2-normalised then concatenated, or raw concatenation (IIC's retrieval script)
 
 
 @dataclass(frozen=True)
@@ -48,17 +58,26 @@ class FeatureProtocol(Protocol):
     resize: tuple[int, int] = (128, 171)  # (H, W) frames are decoded at
     crop: int = 112  # deterministic centre crop
     layer: str = "pooled"
-    modality: str = "rgb"  # rgb | residual (IIC's rescaled residual frames) | flow
+    modality: str | None = None  # rgb | residual (IIC's rescaled residual frames) | flow; None: the encoder's
     merge: str | None = None  # a second modality whose features are concatenated (IIC's "merge")
-    normalize_input: bool = True  # ImageNet mean/std after the crop (IIC-style methods train without it)
+    merge_rule: str = "l2"  # l2: [f / |f|, g / |g|] | concat: [f, g] as they are (IIC's retrieval script)
+    normalize_input: bool | None = None  # ImageNet mean/std after the crop; None: as the encoder was trained
+    value_range: tuple[float, float] | None = None  # what [0, 1] pixels are mapped to; None: the encoder's
 
     def __post_init__(self) -> None:
         _check_stride(self.stride)
+        _check_input(self)
         if self.layer not in LAYERS:
             raise ValueError(f"layer must be one of {LAYERS}, got {self.layer!r}")
-        for m in (self.modality, self.merge):
-            if m is not None and m not in MODALITIES:
-                raise ValueError(f"modality must be one of {MODALITIES}, got {m!r}")
+        if self.merge is not None and self.merge not in MODALITIES:
+            raise ValueError(f"merge must be one of {MODALITIES}, got {self.merge!r}")
+        if self.merge_rule not in MERGE_RULES:
+            raise ValueError(f"merge_rule must be one of {MERGE_RULES}, got {self.merge_rule!r}")
+
+    def input_convention(self, modality: str | None = None) -> InputConvention:
+        """The convention clips of ``modality`` (default: the protocol's) are fed with; needs a
+        resolved protocol (:func:`resolve`)."""
+        return _convention(self, modality or self.modality)
 
 
 @dataclass(frozen=True)
@@ -117,9 +136,19 @@ class FinetuneProtocol(Protocol):
     flip: bool = True  # random horizontal flip in training (refused on data whose labels a flip changes)
     crop_scale: tuple[float, float] = (0.5, 1.0)  # area fraction of the random crop in training (IIC/VCOP)
     stride: int | None = None  # None: the encoder's training stride (1 for the supervised row)
+    modality: str | None = None  # rgb | residual; None: the encoder's input convention
+    normalize_input: bool | None = None  # None: as the encoder was trained
+    value_range: tuple[float, float] | None = None  # None: the encoder's
 
     def __post_init__(self) -> None:
         _check_stride(self.stride)
+        _check_input(self)
+        if self.modality == "flow":
+            raise ValueError("modality: fine-tuning reads RGB frames (rgb, or residual computed from them); flow is not supported")
+
+    def input_convention(self) -> InputConvention:
+        """The convention the classifier's clips are fed with; needs a resolved protocol (:func:`resolve`)."""
+        return _convention(self, self.modality)
 
 
 def _check_stride(stride: int | None) -> None:
@@ -127,18 +156,35 @@ def _check_stride(stride: int | None) -> None:
         raise ValueError(f"stride must be a positive integer or None (the encoder's training stride), got {stride!r}")
 
 
-def resolve_stride(protocol, train_stride: int):
-    """``protocol`` with ``stride = None`` replaced by the encoder's training stride.
+def _check_input(protocol) -> None:
+    """The explicit input fields of a protocol form a valid convention (None fields are the encoder's)."""
+    if protocol.modality is not None and protocol.modality not in MODALITIES:
+        raise ValueError(f"modality must be one of {MODALITIES} or None (the encoder's), got {protocol.modality!r}")
+    if protocol.value_range is not None:
+        InputConvention(value_range=tuple(protocol.value_range), normalize=False)  # raises naming the valid form
 
-    The hash of the unresolved protocol is what tables compare ("each encoder at its own training
-    stride" is one protocol); the resolved copy is what extracts the clips."""
-    if protocol.stride is not None:
+
+def _convention(protocol, modality: str | None) -> InputConvention:
+    if modality is None or protocol.normalize_input is None or protocol.value_range is None:
+        raise ValueError(f"{protocol.name} protocol not resolved against its encoder: call evaluation.protocols.resolve first")
+    return InputConvention(modality=modality, value_range=tuple(protocol.value_range), normalize=protocol.normalize_input and modality != "flow")
+
+
+_FOLLOWED = ("stride", "modality", "normalize_input", "value_range")  # protocol fields that None ties to the encoder
+
+
+def resolve(protocol, trained: EncoderTraining | None):
+    """``protocol`` with its None fields (stride, modality, normalize_input, value_range) set from
+    how the encoder was ``trained``.
+
+    ``trained`` None (an ``encoder.pt`` from before vsbench recorded it) is accepted only when the
+    protocol sets every one of those fields itself; otherwise a ConfigError names the keys to set."""
+    open_fields = [f for f in _FOLLOWED if hasattr(protocol, f) and getattr(protocol, f) is None]
+    if not open_fields:
         return protocol
-    return dataclasses.replace(protocol, stride=int(train_stride))
-
-
-def training_stride(stride: float | tuple[float, float]) -> int:
-    """A method's DataSpec stride as one evaluation stride: the value itself, or the lower end of
-    a multi-rate range (MLFO draws its rate from [1, rate]: 1 is its base rate)."""
-    low = min(stride) if isinstance(stride, (tuple, list)) else stride
-    return max(1, int(round(low)))
+    if trained is None:
+        raise ConfigError(f"the encoder does not record how it was trained (its stride and input convention): set "
+                          f"{', '.join(f'{protocol.name}.{f}' for f in open_fields)} explicitly")
+    values = {"stride": int(trained.stride), "modality": trained.input.modality, "normalize_input": trained.input.normalize,
+              "value_range": tuple(trained.input.value_range)}
+    return dataclasses.replace(protocol, **{f: values[f] for f in open_fields})

@@ -337,7 +337,10 @@ def _add_eval(commands) -> None:
         help="evaluate an encoder.pt with the shared protocols (retrieval, linear, kNN, probes, fine-tune)",
         description="Evaluate a pretrained encoder (the encoder.pt of a run) on a data set's split: retrieval, linear "
         "probe, kNN and motion probes from one feature extraction, and optionally fine-tuning. Metrics are printed "
-        "and logged to MLflow as eval/<protocol>/<metric> with the protocol hashes as tags.",
+        "and logged to MLflow as eval/<protocol>/<metric> with the protocol hashes as tags. The encoder is fed as it "
+        "was trained: the stride and input convention (modality, value range, ImageNet normalisation) recorded in "
+        "encoder.pt fill every protocol key left unset (features.stride, features.modality, features.normalize_input, "
+        "features.value_range and the same finetune.* keys); a file without that record needs them set with --set.",
     )
     p.add_argument("encoder", type=Path, help="encoder.pt written by `vsbench pretrain` or a suite")
     p.add_argument("--data", required=True, help="data set path (train split = gallery/training set, test split = queries)")
@@ -353,24 +356,29 @@ def _add_eval(commands) -> None:
 
 def _cmd_eval(args) -> int:
     from backbones import create_backbone
-    from evaluation.evaluate import EvalConfig, eval_data, evaluate_encoder, protocol_tags
+    from evaluation.evaluate import EvalConfig, eval_data, evaluate_encoder, protocol_tags, resolve_all
     from harness.config import DataConfig, from_dict
     from harness.distributed import init_distributed
     from harness.tracking import Tracker
-    from harness.train import load_checkpoint
+    from harness.train import load_checkpoint, saved_training
 
     values = _merge({"protocols": [p for p in args.protocols.split(",") if p]}, _parse_set(args.set))
     config = from_dict(EvalConfig, values, where="eval")
     data = DataConfig(path=args.data, format=args.format, workers=config.workers)
     saved = load_checkpoint(args.encoder, needs=("backbone", "state_dict"))
+    trained = saved_training(saved, args.encoder)
+    resolve_all(config, trained)  # a file without its training record needs the protocols to say stride and input
     eval_data(data, config)  # settings against the data, before an MLflow run opens or a feature is extracted
     encoder = create_backbone(saved["backbone"], **saved.get("backbone_args", {}))
     encoder.load_state_dict(saved["state_dict"])
     device = init_distributed(args.device).device
     tags = {"kind": "eval", "encoder": str(args.encoder), "backbone": saved["backbone"], **protocol_tags(config)}
     with Tracker(args.experiment, f"eval-{args.encoder.parent.name}", tracking_uri=args.tracking_uri, tags=tags) as tracker:
+        if trained is not None:
+            tracker.log_params({"training": trained.to_dict()})
         metrics = evaluate_encoder(encoder, data=data, config=config, device=device, finetune_from=str(args.encoder),
-                                   backbone=saved["backbone"], output_dir=str(args.encoder.parent / "eval"), run_name="eval")
+                                   backbone=saved["backbone"], output_dir=str(args.encoder.parent / "eval"), run_name="eval",
+                                   trained=trained)
         tracker.log_metrics(metrics, step=0)
     for name, value in sorted(metrics.items()):
         print(f"{name:<32} {value:.4f}")

@@ -207,6 +207,7 @@ class PretrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     method_args: dict = field(default_factory=dict)  # overrides of the method's Config (paper defaults)
     backbone_args: dict = field(default_factory=dict)
+    init: str | None = None  # backbone initialisation (backbones.INIT_SCHEMES); None: the method's paper choice
     # recipe overrides
     epochs: int | None = None
     batch_size: int | None = None
@@ -218,6 +219,7 @@ class PretrainConfig:
     milestones: tuple[float, ...] | None = None
     gamma: float | None = None
     warmup_epochs: float | None = None
+    lr_scaling: str = "none"  # none | linear: lr x batch_size / the recipe's batch_size when the batch is changed (Goyal et al. 2017)
     init_encoder: str | None = None  # encoder.pt of an earlier run to start the backbone from (fine-tuning)
     # budget and engine
     decode_size: tuple[int, int] | None = None  # (H, W) to decode at, overriding the method's DataSpec (e.g. small CPU runs)
@@ -245,6 +247,11 @@ class PretrainConfig:
         check_bounds(self, PRETRAIN_BOUNDS)
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ConfigError(f"device: expected auto, cpu or cuda[:N], got {self.device!r}")
+        if self.lr_scaling not in LR_SCALING:
+            raise ConfigError(f"lr_scaling: expected one of {', '.join(LR_SCALING)}, got {self.lr_scaling!r}")
+
+
+LR_SCALING = ("none", "linear")
 
 
 _COUNT, _POSITIVE, _NON_NEGATIVE = Bound(1, integer=True), Bound(0, open_low=True), Bound(0)
@@ -257,11 +264,15 @@ PRETRAIN_BOUNDS: dict[str, Bound] = {  # PretrainConfig field -> valid range, ch
 
 
 def resolve_recipe(recipe, config: PretrainConfig):
-    """The method's recipe with the config's overrides; milestones scale with an epoch override."""
+    """The method's recipe with the config's overrides. Milestones scale with an epoch override;
+    with ``lr_scaling = "linear"`` and no explicit ``lr``, the paper's lr scales with the batch:
+    ``lr * batch_size / recipe.batch_size`` (the linear scaling rule, Goyal et al. 2017)."""
     overrides = {
         f.name: getattr(config, f.name) for f in dataclasses.fields(recipe) if getattr(config, f.name, None) is not None
     }
     if "epochs" in overrides and "milestones" not in overrides and recipe.epochs:
         scale = overrides["epochs"] / recipe.epochs
         overrides["milestones"] = tuple(round(m * scale, 3) for m in recipe.milestones)
+    if config.lr_scaling == "linear" and "lr" not in overrides and "batch_size" in overrides:
+        overrides["lr"] = recipe.lr * overrides["batch_size"] / recipe.batch_size
     return dataclasses.replace(recipe, **overrides)

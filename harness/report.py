@@ -4,7 +4,10 @@ What the table shows
     One line per table row (a method such as ``moco``, an ablation such as ``iic-cmc``, or a
     reference row: ``random init``, ``supervised``), with a ``backbone`` level when the runs
     use more than one backbone. Rows come in the order their first run was started, with
-    ``random init`` and ``supervised`` last. The columns, in order:
+    ``random init`` and ``supervised`` last. A row a suite trained in its paper's setup
+    (``backbones = ["paper"]``, tag ``setup = paper``) is labelled ``<row> (paper setup)``, and the
+    caption lists, per such row, the paper settings the suite changed (tag ``setup.changed``);
+    the other rows are controlled comparisons. The columns, in order:
 
     - ``R@1, R@5, R@10, R@20, R@50``: ``eval/retrieval/R<k>`` (last value of the run), percent;
     - ``linear top-1``, ``fine-tune top-1`` (video level), ``kNN top-1``: ``eval/linear/top1``,
@@ -177,7 +180,9 @@ def _counted_runs(frame: pd.DataFrame, parent_run_id: str | None) -> pd.DataFram
         runs = runs[runs.get("parent_run_id", pd.Series(None, index=runs.index)) == parent_run_id]
     runs = runs[(runs["status"] == "FINISHED") & (_tag(runs, "row") != "") & (_tag(runs, "kind") != "suite")]
     runs = runs.reset_index(drop=True)
-    runs["row"] = _tag(runs, "row")
+    paper = _tag(runs, "setup") == "paper"
+    runs["row"] = [f"{row}{PAPER_SUFFIX}" if p else row for row, p in zip(_tag(runs, "row"), paper)]
+    runs["changed"] = [changed if p else "" for changed, p in zip(_tag(runs, "setup.changed"), paper)]
     runs["backbone"] = _tag(runs, "backbone")
     seed = _tag(runs, "seed")
     ids = runs["run_id"].astype(str) if "run_id" in runs.columns else pd.Series(runs.index.astype(str), index=runs.index)
@@ -256,6 +261,9 @@ def _short_labels(hashes: Sequence[str]) -> dict[str, str]:
     return {h: (h[:n] if h else NO_HASH) for h in hashes}
 
 
+PAPER_SUFFIX = " (paper setup)"  # the label of a suite row trained as its paper did (harness.suite, backbones = ["paper"])
+
+
 @dataclass
 class _Results:
     numbers: pd.DataFrame
@@ -266,6 +274,7 @@ class _Results:
     protocol_hashes: dict[str, list[str]]
     labels: dict[str, dict[str, str]]  # protocol -> hash -> suffix label
     n_runs: int
+    paper_changes: dict[str, str]  # paper-setup row -> the paper settings its suite changed
 
 
 def _display_columns(long: pd.DataFrame, labels: dict[str, dict[str, str]]) -> list[tuple[Column, str, str]]:
@@ -320,6 +329,7 @@ def _compute(frame: pd.DataFrame, parent_run_id: str | None) -> _Results:
         columns=columns, keys=keys, seeds=seeds,
         multi_backbone=runs["backbone"].nunique() > 1 if len(runs) else False,
         protocol_hashes={p: h for p, h in protocol_hashes.items() if p and h}, labels=labels, n_runs=len(runs),
+        paper_changes={row: changed for row, changed in zip(runs["row"], runs["changed"]) if changed} if len(runs) else {},
     )
 
 
@@ -426,6 +436,12 @@ def _notes(res: _Results) -> list[str]:
            if any(n.startswith("static-bias gap") for n in names) else "")
         + "; pretraining cost per run (GB = GiB).",
     ]
+    if res.paper_changes:
+        changes = "; ".join(f"{row}: {changed}" for row, changed in res.paper_changes.items())
+        notes.append(f"Rows marked{PAPER_SUFFIX} train each method as its paper did (its backbone, initialisation, input size "
+                     f"and recipe, docs/paper-configurations.md; the learning rate scaled linearly with the batch); the other "
+                     f"rows are controlled: every method on the suite's backbone and settings. Paper settings the suite "
+                     f"changed: {changes}.")
     if res.protocol_hashes:
         listed = ", ".join(f"{p} {'/'.join(h or NO_HASH for h in hs)}" for p, hs in res.protocol_hashes.items())
         notes.append(f"Protocol hashes: {listed}.")

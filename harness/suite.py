@@ -24,7 +24,7 @@ A suite file (TOML) looks like::
     method = "moco"
     method_args = { shuffle_bn = false }
 
-    references = ["random init", "supervised"]   # reference rows: floor and ceiling
+    references = ["random init", "supervised"]   # reference rows: floor and ceiling (on every backbone used)
 
     [eval]                              # evaluation.evaluate.EvalConfig: which protocols, their settings
     protocols = ["retrieval", "linear", "knn", "probe", "finetune"]
@@ -32,6 +32,16 @@ A suite file (TOML) looks like::
     clips = 10
     [eval.finetune]                     # evaluation.protocols.FinetuneProtocol (also trains the "supervised" row)
     epochs = 30
+
+Two kinds of row. A backbone name gives **controlled** rows: every method on that backbone with the
+suite's settings. The name ``"paper"`` gives **paper-setup** rows: each method on the backbone of its
+paper (``Method.paper_backbone``), with its paper's initialisation, input size and recipe (the
+method's defaults; docs/paper-configurations.md), and the learning rate scaled linearly when the
+suite's batch differs from the paper's (``lr_scaling = "linear"``). The suite's other settings
+still apply (a CPU budget has to shrink epochs, batch and input), and each such run records which
+paper values the suite changed (tag ``setup.changed``); the table labels the rows
+``<method> (paper setup)`` and lists those changes under it. Reference rows run on every backbone
+the suite's rows use.
 
 ``vsbench run SUITE`` opens a parent MLflow run (an interrupted invocation's parent is continued
 by the next one with the same settings: ``suite_run.json``, a :class:`~harness.io.RunMemo`) and a child run per
@@ -100,12 +110,24 @@ class Suite:
     path: str = ""
 
 
+PAPER = "paper"  # the backbones entry that asks for each method's paper setup
+
+
 @dataclass(frozen=True)
 class SuiteRun:
     """One pretraining run of a suite."""
 
     row: str  # table row name: the method, or the ablation's name
     config: PretrainConfig
+    setup: str = "controlled"  # controlled | paper
+    changed: tuple[str, ...] = ()  # paper rows: the paper's settings the suite changed
+
+    def tags(self) -> dict[str, str]:
+        """The run's ``setup`` tags, which the table labels rows by."""
+        tags = {"setup": self.setup}
+        if self.setup == PAPER:
+            tags["setup.changed"] = ", ".join(self.changed) or "nothing"
+        return tags
 
 
 def load_suite(path: str | Path, *, contents: dict | None = None) -> Suite:
@@ -160,8 +182,41 @@ def expand(suite: Suite, registered: list[str]) -> list[SuiteRun]:
     for row, method, ablation_args in rows:
         for backbone in suite.backbones:
             for seed in suite.seeds:
-                runs.append(SuiteRun(row, _run_config(suite, method, backbone, seed, ablation_args, row)))
+                config = _run_config(suite, method, backbone, seed, ablation_args, row)
+                if backbone == PAPER:
+                    runs.append(SuiteRun(row, config, PAPER, paper_changes(config)))
+                else:
+                    runs.append(SuiteRun(row, config))
     return runs
+
+
+def reference_backbones(suite: Suite, runs: list[SuiteRun]) -> list[str]:
+    """The backbones the reference rows run on: every backbone the suite's rows use, in order
+    (a "paper" entry stands for its methods' paper backbones)."""
+    used = [b for b in suite.backbones if b != PAPER] + [r.config.backbone for r in runs if r.setup == PAPER]
+    if PAPER in suite.backbones and not any(r.setup == PAPER for r in runs):  # no method rows: nothing to stand for
+        used = [b for b in suite.backbones if b != PAPER]
+    return list(dict.fromkeys(used))
+
+
+_RECIPE_KEYS = ("epochs", "batch_size", "optimizer", "lr", "weight_decay", "momentum", "schedule", "milestones", "gamma",
+                "warmup_epochs", "clip_grad")
+
+
+def paper_changes(config: PretrainConfig) -> tuple[str, ...]:
+    """The settings of a paper-setup run that differ from its method's paper configuration: recipe
+    fields (lr only when set explicitly: the linear rule follows the batch), method Config fields,
+    the initialisation, and budget caps (steps_per_epoch, decode_size)."""
+    from methods.base import build_config, get_method
+
+    cls = get_method(config.method)
+    changed = [k for k in _RECIPE_KEYS if getattr(config, k) is not None and getattr(config, k) != getattr(cls.recipe, k)]
+    paper_config = build_config(cls)
+    changed += [f"method_args.{k}" for k, v in config.method_args.items() if getattr(paper_config, k, None) != v]
+    if config.init is not None and config.init != cls.backbone_init:
+        changed.append("init")
+    changed += [k for k in ("steps_per_epoch", "decode_size") if getattr(config, k) is not None]
+    return tuple(sorted(changed))
 
 
 SET_BY_THE_SUITE = {"method": "methods / [[ablations]]", "backbone": "backbones", "seed": "seeds", "run_name": "the row name",
@@ -183,9 +238,16 @@ def _check_before_running(suite: Suite, registered: list[str], rows: list[tuple[
     for where, table in {"pretrain": suite.pretrain, **{f"overrides.{m}": t for m, t in suite.overrides.items()}}.items():
         for key in sorted(set(table) & set(SET_BY_THE_SUITE)):
             raise ConfigError(f"{suite.path}: {where}.{key}: set by the suite itself; use {SET_BY_THE_SUITE[key]}")
-    missing = [b for b in suite.backbones if b not in list_backbones()]
+    missing = [b for b in suite.backbones if b not in list_backbones() and b != PAPER]
     if missing:
-        raise ConfigError(f"{suite.path}: backbones: unknown backbone {missing[0]!r}; registered: {', '.join(list_backbones())}")
+        raise ConfigError(f"{suite.path}: backbones: unknown backbone {missing[0]!r}; registered: {', '.join(list_backbones())}, "
+                          f"or {PAPER!r} for each method's paper backbone")
+    if PAPER in suite.backbones:
+        unregistered = sorted({m for _, m, _ in rows if get_method(m).paper_backbone not in list_backbones()})
+        if unregistered:
+            cls = get_method(unregistered[0])
+            raise ConfigError(f"{suite.path}: backbones = [\"paper\"]: method {unregistered[0]!r} names the paper backbone "
+                              f"{cls.paper_backbone!r}, which is not registered; registered: {', '.join(list_backbones())}")
     for row, method, ablation_args in rows:
         args = {**suite.pretrain.get("method_args", {}), **suite.overrides.get(method, {}).get("method_args", {}), **ablation_args}
         try:
@@ -224,11 +286,18 @@ def _check_eval_split(suite: Suite, evaluation) -> None:
 
 
 def _run_config(suite: Suite, method: str, backbone: str, seed: int, ablation_args: dict, row: str) -> PretrainConfig:
+    """The PretrainConfig of one (row, backbone, seed); ``backbone = "paper"`` takes the method's paper
+    backbone and scales the paper's learning rate linearly with the batch (unless the suite sets either)."""
+    from methods.base import get_method
+
     override = dict(suite.overrides.get(method, {}))
     method_args = {**suite.pretrain.get("method_args", {}), **override.pop("method_args", {}), **ablation_args}
     values = {**suite.pretrain, **override, "method": method, "backbone": backbone, "seed": seed, "method_args": method_args,
               "data": dataclasses.asdict(suite.data), "experiment": suite.experiment or suite.name,
               "run_name": f"{row}-{backbone}-s{seed}"}
+    if backbone == PAPER:
+        values.setdefault("lr_scaling", "linear")
+        values["backbone"] = get_method(method).paper_backbone
     return from_dict(PretrainConfig, values, where=f"{suite.path}: {row}")
 
 
@@ -264,12 +333,13 @@ def plan_suite(path: str | Path, *, contents: dict | None = None, dry_run: bool 
 def describe_plan(suite: Suite, runs: list[SuiteRun]) -> str:
     """What ``vsbench run --dry-run`` prints: every pretraining run with its resolved config (one
     JSON line), the reference runs, and the evaluation settings every encoder goes through."""
-    references = [_reference_name(row, b, s) for b in suite.backbones for s in suite.seeds for row in suite.references]
+    references = [_reference_name(row, b, s) for b in reference_backbones(suite, runs) for s in suite.seeds for row in suite.references]
     lines = [(f"suite {suite.name} ({suite.path}) on {suite.data.path}: {len(runs)} pretraining run(s), {len(references)} reference "
               "run(s); dry run: no run started, nothing written to MLflow or the run folders (whether a run finished before is "
               "looked up only when the suite runs)")]
     for item in runs:
-        lines += [f"{item.config.run_name} (row {item.row}):", f"  {json.dumps(to_dict(item.config), sort_keys=True)}"]
+        setup = f"; paper setup, changed: {', '.join(item.changed) or 'nothing'}" if item.setup == PAPER else ""
+        lines += [f"{item.config.run_name} (row {item.row}{setup}):", f"  {json.dumps(to_dict(item.config), sort_keys=True)}"]
     lines += [f"{name} (reference row)" for name in references]
     lines += ["eval (every run):", f"  {json.dumps(to_dict(eval_config(suite)), sort_keys=True)}"]
     return "\n".join(lines)
@@ -308,7 +378,7 @@ def run_suite(path: str | Path, *, contents: dict | None = None, force: bool = F
             log.info("[%d/%d] %s", i, len(runs), item.config.run_name)
             with _foreign_checkpoint_needs_force(item.config.run_name):
                 records.append(_pretrain_and_evaluate(item, suite, evaluation, parent.run_id, force, tracking_uri))
-        for backbone in suite.backbones:
+        for backbone in reference_backbones(suite, runs):
             for seed in suite.seeds:
                 for row in suite.references:
                     with _foreign_checkpoint_needs_force(_reference_name(row, backbone, seed)):
@@ -376,7 +446,6 @@ def _finished(experiment: str, key: str, tracking_uri: str | None) -> str | None
 
 def _pretrain_and_evaluate(item: SuiteRun, suite: Suite, evaluation, parent_id: str, force: bool, tracking_uri) -> dict:
     from evaluation.evaluate import evaluate_encoder, finetune_run_name, protocol_tags
-    from evaluation.protocols import training_stride
     from harness.train import Pretraining, run_tracked
 
     config = dataclasses.replace(item.config, tracking_uri=tracking_uri)
@@ -397,13 +466,13 @@ def _pretrain_and_evaluate(item: SuiteRun, suite: Suite, evaluation, parent_id: 
                                    cache_dir=Path(config.output_dir) / "features", finetune_from=str(result.encoder_path),
                                    backbone=config.backbone, seed=config.seed, output_dir=config.output_dir, run_name=config.run_name,
                                    examples_path=examples if run.dist.is_main else None,
-                                   train_stride=training_stride(run.spec.stride))
+                                   trained=run.encoder_training())
         tracker.log_metrics(metrics, step=result.steps)
         if examples.exists():
             tracker.log_artifact(examples)
 
     result = run_tracked(run, parent_run_id=parent_id, after=evaluate,
-                         tags={"suite": suite.name, "row": item.row, "kind": "pretrain", "suite_key": key})
+                         tags={"suite": suite.name, "row": item.row, "kind": "pretrain", "suite_key": key, **item.tags()})
     return {"row": item.row, "run_id": result.run_id, "skipped": False, "wall_time_s": result.wall_time_s}
 
 
@@ -415,7 +484,8 @@ def _reference_row(row: str, backbone: str, seed: int, suite: Suite, evaluation,
 
     from backbones import create_backbone
     from evaluation.evaluate import evaluate_encoder, protocol_tags
-    from evaluation.finetune import run_finetune
+    from evaluation.finetune import classifier_training, run_finetune
+    from harness.data.encoder_input import EncoderTraining
     from harness.distributed import init_distributed
     from harness.tracking import Tracker
 
@@ -444,10 +514,11 @@ def _reference_row(row: str, backbone: str, seed: int, suite: Suite, evaluation,
         else:
             torch.manual_seed(seed)
             encoder = create_backbone(backbone, **pretrain.backbone_args)
-        stride = (evaluation.finetune.stride or 1) if row == "supervised" else 1  # the stride the encoder was trained at
+        trained = classifier_training(evaluation.finetune) if row == "supervised" else EncoderTraining()
+        tracker.log_params({"input": trained.input.to_dict()})
         metrics |= evaluate_encoder(encoder, data=suite.data, config=no_finetune, device=device, seed=seed,
                                     cache_dir=None, backbone=backbone, output_dir=pretrain.output_dir, run_name=name,
-                                    train_stride=stride)
+                                    trained=trained)
         tracker.log_metrics({**metrics, "pretrain/params": sum(p.numel() for p in encoder.parameters())}, step=0)
         return {"row": row, "run_id": tracker.run_id, "skipped": False}
 

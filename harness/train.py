@@ -59,13 +59,14 @@ from backbones import create_backbone
 from harness.config import ConfigError, PretrainConfig, config_hash, resolve_recipe, to_dict
 from harness.data.cache import reserve as reserve_frame_cache
 from harness.data.datasets import VideoDataset, open_dataset
+from harness.data.encoder_input import EncoderTraining, training_stride
 from harness.data.loader import LoadRequest, VideoLoader, make_loader
 from harness.data.sampling import ClipSpec
 from harness.data.symmetry import check_flip
 from harness.data.transforms import VideoAugment
 from harness.distributed import DistInfo, convert_sync_batchnorm, init_distributed
 from harness.io import RunFolderLocked, RunMemo, atomic_write, remove_stale_temp_files, run_folder_lock, write_json_atomic
-from methods.base import DataSpec, Method, Recipe, StepOutput, TrainState, config_dict, create_method
+from methods.base import DataSpec, Method, Recipe, StepOutput, TrainState, config_dict, create_method, get_method
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "last.pt"
@@ -326,6 +327,18 @@ def _file_version(path: Path) -> tuple[int, int, int] | None:
     return st.st_ino, st.st_mtime_ns, st.st_size
 
 
+def saved_training(saved: dict, path: str | os.PathLike) -> EncoderTraining | None:
+    """How the encoder of a loaded ``encoder.pt`` was trained, or None for a file written before
+    vsbench recorded it (evaluation then needs the protocol to say it); a malformed record is a
+    CheckpointError naming the file."""
+    if "training" not in saved:
+        return None
+    try:
+        return EncoderTraining.from_dict(saved["training"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{path}: malformed 'training' record {saved['training']!r}: {err}") from err
+
+
 def load_encoder_weights(backbone: nn.Module, path: str | os.PathLike) -> None:
     """Load an ``encoder.pt`` written by a pretraining run into ``backbone`` (strict: same architecture)."""
     saved = load_checkpoint(Path(path), needs=("state_dict",))
@@ -347,7 +360,8 @@ class Pretraining:
         torch.manual_seed(config.seed)
         self.videos: VideoDataset = open_dataset(config.data.path, format=config.data.format, split=config.data.split,
                                                  subset=config.data.subset, progress=config.progress and self.dist.is_main)
-        backbone = create_backbone(config.backbone, **config.backbone_args)
+        self.init = config.init or get_method(config.method).backbone_init  # the paper's initialisation unless the config names one
+        backbone = create_backbone(config.backbone, init=self.init, **config.backbone_args)
         if config.init_encoder:
             load_encoder_weights(backbone, config.init_encoder)
         try:
@@ -363,7 +377,7 @@ class Pretraining:
         check_crop_fits(self.spec, config.method)
         self.recipe = resolve_recipe(type(self.method).recipe, config)
         check_flip(config.data.path, self.spec.augment.flip_p, uses_labels=type(self.method).reference, what=f"method {config.method!r}")
-        self.hash = config_hash({"config": training_identity(config), "recipe": dataclasses.asdict(self.recipe),
+        self.hash = config_hash({"config": training_identity(config), "init": self.init, "recipe": dataclasses.asdict(self.recipe),
                                  "method": config_dict(self.method.config), "data": self.videos.fingerprint()})
         self.run_dir = Path(config.output_dir) / (config.run_name or f"{config.method}-{config.backbone}-s{config.seed}-{self.hash}")
         self._setup_loader()
@@ -700,10 +714,10 @@ class Pretraining:
         from evaluation.knn import OnlineKNN
         from evaluation.protocols import FeatureProtocol, KNNProtocol
 
-        spec, data = self.spec, self.config.data
-        stride = 1 if isinstance(spec.stride, (tuple, list)) else int(spec.stride)
-        protocol = FeatureProtocol(split=data.split, clips=1, frames=spec.frames, stride=stride,
-                                   resize=spec.decode_size or (128, 171), crop=spec.augment.size[0])
+        spec, data, trained = self.spec, self.config.data, self.encoder_training()
+        protocol = FeatureProtocol(split=data.split, clips=1, frames=spec.frames, stride=trained.stride, resize=spec.decode_size or (128, 171),
+                                   crop=spec.augment.size[0], modality=trained.input.modality, normalize_input=trained.input.normalize,
+                                   value_range=trained.input.value_range)
         kwargs = dict(device=self.dist.device, workers=data.workers, progress=False)
         train = open_dataset(data.path, format=data.format, split=data.split, subset="train", progress=False)
         test = open_dataset(data.path, format=data.format, split=data.split, subset="test", progress=False)
@@ -715,19 +729,26 @@ class Pretraining:
             self.tracker.log_metrics({f"eval/knn_online/{k}": v for k, v in metrics.items()}, step=self.state.step)
         return metrics
 
+    def encoder_training(self) -> EncoderTraining:
+        """How this run trains its encoder, as evaluation must follow it: the stride of its clips
+        (the lower end of a multi-rate range) and the method's input convention."""
+        return EncoderTraining(stride=training_stride(self.spec.stride), input=self.method.encoder_input())
+
     def save_encoder(self) -> Path:
-        """Write ``encoder.pt`` (rank 0) once its weights are checked finite."""
+        """Write ``encoder.pt`` (rank 0) once its weights are checked finite: the backbone's name and
+        arguments, its weights, and how it was trained (``"training"``: stride and input convention)."""
         path = self.run_dir / ENCODER
         self._check_weights({"encoder": self.method.encoder.state_dict()}, ENCODER)
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_checkpoint(path, {"backbone": self.config.backbone, "backbone_args": self.config.backbone_args,
-                                   "state_dict": self.method.encoder.state_dict()})
+                                   "training": self.encoder_training().to_dict(), "state_dict": self.method.encoder.state_dict()})
         return path
 
     def describe(self) -> dict:
         """Flat description of the run for tracking: config, resolved recipe, method config, data."""
         return {"config": to_dict(self.config), "recipe": dataclasses.asdict(self.recipe), "method_config": config_dict(self.method.config),
+                "effective": self.method.effective_settings(), "input": self.method.encoder_input().to_dict(), "init": self.init,
                 "data_spec": dataclasses.asdict(self.spec), "data": {"videos": len(self.videos), "fingerprint": self.videos.fingerprint()},
                 "engine": {"micro_batch": self.micro_batch, "steps_per_epoch": self.steps_per_epoch, "world_size": self.dist.world_size,
                            "amp_bf16": self.amp, "channels_last_3d": self.channels_last, "device": str(self.dist.device)}}

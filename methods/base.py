@@ -11,7 +11,15 @@ obligations:
 - :attr:`Method.encoder` is the backbone that evaluation uses; ``encoder(x)`` gives (B, D).
 
 Optional hooks: :meth:`after_optimizer_step` (momentum encoders, prototype normalisation),
-:meth:`param_groups`. Queues and memory banks are buffers, so they checkpoint with the model.
+:meth:`param_groups`, :meth:`encoder_input` (what the encoder eats; default: the first modality
+of the DataSpec, normalised as its augmentation normalises) and :meth:`effective_settings` (values
+the method derived from its config, e.g. a queue capped by the data set size, logged with the run).
+Queues and memory banks are buffers, so they checkpoint with the model.
+
+Class attributes describe the paper's setup: ``recipe`` (optimizer, schedule, batch, epochs),
+``paper_backbone`` (the network the paper trained) and ``backbone_init`` (its initialisation, the
+default of every run of the method; ``PretrainConfig.init`` overrides it). A suite with
+``backbones = ["paper"]`` trains each method as its paper did (docs/paper-configurations.md).
 
 Every method's Config has ``frames`` (per clip) and ``crop`` (pixels) fields, so a suite can
 shrink the input of every method at once for a CPU budget.
@@ -32,6 +40,7 @@ import torch
 import torch.nn as nn
 
 from harness.config import UnknownNameError
+from harness.data.encoder_input import InputConvention
 from harness.data.transforms import AugmentConfig
 
 ENTRY_POINT_GROUP = "vsbench.methods"
@@ -114,6 +123,8 @@ class Method(nn.Module):
     Config: ClassVar[type] = object
     recipe: ClassVar[Recipe] = Recipe()
     reference: ClassVar[bool] = False  # True for label-using reference rows (not listed as methods by suites)
+    paper_backbone: ClassVar[str] = "r3d_18"  # the backbone of the paper's main results (suites' "paper" rows)
+    backbone_init: ClassVar[str] = "kaiming_fan_out"  # the paper's initialisation (backbones.INIT_SCHEMES)
 
     def __init__(self, config: Any, backbone: nn.Module, *, dataset_size: int):
         super().__init__()
@@ -128,6 +139,22 @@ class Method(nn.Module):
 
     def data_spec(self) -> DataSpec:
         raise NotImplementedError
+
+    def encoder_input(self) -> InputConvention:
+        """What :attr:`encoder` was trained on; every evaluation protocol feeds it the same.
+
+        Default: the DataSpec's first modality, ImageNet-normalised when its augmentation
+        normalises. A method whose encoder sees something else (a derived view only, another
+        value range) overrides this."""
+        spec = self.data_spec()
+        modality = spec.modalities[0]
+        return InputConvention(modality=modality, normalize=spec.augment.normalize and modality != "flow")
+
+    def effective_settings(self) -> dict[str, Any]:
+        """Values the method derived from its config and the data (a queue capped by the data set
+        size, a K capped at N - 1, ...): logged as ``effective.*`` params next to the requested
+        ones, so a run's record says what was used. Default: none."""
+        return {}
 
     def training_step(self, batch: dict[str, torch.Tensor], state: TrainState) -> StepOutput:
         raise NotImplementedError

@@ -7,9 +7,11 @@ scene and the motion end up in the one RGB representation that evaluation uses. 
 from the description of the official code (``Mark12Ding/DCLR``: ``main_view.py``,
 ``moco/builder.py::MoCo_View``, ``view_resnet.py``, ``dataset/ucf101_view.py``, ``moco/loader.py``).
 
-Per step, for B videos with clips ``q`` and ``k`` (two different random windows, 16 frames at
-stride 2) and their static clips ``s_q``, ``s_k`` (the same raw frame offset in both windows,
-repeated), every clip augmented independently::
+Per step, for B videos with clips ``q`` and ``k`` (two different random windows of 32 raw frames,
+16 frames read at stride 2: ``n - 31`` possible starts) and their static clips ``s_q``, ``s_k``
+(the same raw frame offset 0..31 in both windows, repeated; sampler "with_static", as
+``dataset/ucf101_view.py``; "with_static_span" ends the window at the last sampled frame), every
+clip augmented independently::
 
     d_q = q - roll(q, 1, T)      d_k likewise            # after augmentation, unscaled
     # 1) key encoder on [q, s_q, d_q] folded into the batch (no grad, no shuffle):
@@ -42,7 +44,13 @@ Switches (config fields): ``static_branch`` (False removes the static view and t
 ``dynamic_branch`` (False removes vd, dv), ``reweight`` (False: plain GAP for the vs, vd heads),
 ``neighbours`` (False: one positive per row, i.e. plain MoCo NCE), ``map_regularizer``,
 ``warmup_iterations`` (0 = off). Neighbour mining uses the branches that are on (P_v from the
-one similarity that remains, or a single positive when neither does).
+one similarity that remains, or a single positive when neither does). ``official_key_maps``
+(default False) re-weights each key with the maps the released code's batch shuffle leaves in
+its row (see "Key clip" below); it needs ``reweight`` and a static or dynamic branch.
+
+Precision: every logit and the neighbour similarity are float32 products with autocast off
+(``methods.losses.moco_logits`` / ``fp32_matmul``); the encoders and heads run under the
+harness's bf16 autocast. The activation maps are float32 channel sums.
 
 Defects of the released code (docs/methods/dclr.md) and how they are resolved here:
 
@@ -69,12 +77,34 @@ Other deviations, and why:
   between the query and the key passes: the same sequence of updates, offset by one step, as
   ``methods/moco.py`` explains. The original's first key pass (maps and reference embeddings) runs
   BEFORE its EMA and the second after; here both see the same key encoder.
-- Key clip: the original runs the key encoder over ``k`` twice, once without shuffle BN for the
-  maps / reference embeddings (``kvc, ksc, kdc, krsv, krdv``) and once with shuffle BN for the
-  keys. The maps re-weighting the key's RGB map and the reference embeddings of the key clip are
-  taken here from the ONE shuffled key pass (every view of a video moves together in the shuffle).
-  In one process the two passes are identical apart from the EMA offset above, so this saves a
-  quarter of the forward passes. A consequence: the original's reference queues ``rs``/``rd``
+- Key clip: the original runs the key encoder over ``k`` twice (``moco/builder.py``,
+  ``MoCo_View.forward_once``): over the unshuffled batch for the maps and reference embeddings
+  (line 411: ``kvc, ksc, kdc, krsv, krdv``), then over the batch permuted by
+  ``_batch_shuffle_ddp`` (line 420: a random permutation of the gathered batch, drawn also on one
+  GPU, which the released code runs as a one-process DDP job) for the keys (line 421). The maps
+  ``ksc``/``kdc`` handed to that second pass are NOT permuted with it, and ``view_resnet.py``
+  (lines 242-249) multiplies them row by row, so permuted row ``i`` (another video) has its RGB
+  map re-weighted with video ``i``'s static / dynamic maps. After the unshuffle, ``k_vs``/``k_vd``
+  of a video carry another video's maps (all but about one video per batch, on one GPU as on
+  many); ``k_vv``, ``k_sv``, ``k_dv`` are unaffected. ``k_vs``/``k_vd`` are the positives of the
+  ``sv``/``dv`` terms and fill the ``vs``/``vd`` queues. vsbench follows the evident intent: the
+  maps re-weighting the key's RGB map and the reference embeddings of the key clip come from the
+  ONE shuffled key pass, in which every view of a video moves together, so each key is
+  re-weighted with its own clip's maps (and a quarter of the forward passes is saved). The two
+  passes are therefore NOT the same in one process: they differ by the map alignment (and the
+  EMA offset above). ``official_key_maps=True`` reproduces the released pass (an extra unshuffled
+  key pass for the maps, then a permuted pass re-weighted with the unpermuted maps). Measured
+  effect, at initialisation on random clips (one process, B = 8, 8 frames, 20 random
+  permutations, same batch and state both ways; measured with a throw-away script comparing
+  ``keys()`` and one step's loss with the maps aligned and misaligned, the composition the
+  ``official_key_maps`` test checks): on ``r3d_tiny`` at 32 px the misaligned ``k_vs``/``k_vd``
+  have mean cosine 0.994 with the aligned ones, a shift of 13% of the mean distance between two
+  videos' keys (plain GAP instead of re-weighting: 13% / 17%); on ``r2plus1d_10`` at 64 px,
+  cosine 0.9993, shift 8% (plain GAP: 9% / 14%). The step loss moved by 0.001 (r3d_tiny, of
+  4.34) and 0.004 (r2plus1d_10, of 4.16) on average, at most 0.011. So the released key-side
+  re-weighting moves a key about as far as turning re-weighting off; its effect on trained
+  results has not been measured. A consequence of the one key pass: the original's reference
+  queues ``rs``/``rd``
   (``f_sv``/``f_dv`` of the key's static/dynamic clip through the key encoder) would hold exactly
   ``k_sv``/``k_dv``, i.e. copies of the ``sv``/``dv`` queues, so neighbours are mined from the
   ``sv``/``dv`` queues and only the five logit queues are kept (same shared pointer, so a mined
@@ -93,8 +123,9 @@ Other deviations, and why:
   the whole first epoch of 238 steps). Reproduced through ``StepOutput.skip_optimizer``.
 - Data: the original decodes at the native resolution (UCF101: 320x240) and crops from it; here
   frames are decoded at 128x171 (scaled by ``crop / 112``) before the same relative
-  RandomResizedCrop. The original's kornia pipeline applies greyscale BEFORE colour jitter; the
-  harness applies jitter, then greyscale. The original draws the blur sigma ONCE per run
+  RandomResizedCrop. Greyscale comes BEFORE colour jitter, as in the original's kornia pipeline
+  (``AugmentConfig.grey_before_jitter``; False gives the harness's usual jitter, then greyscale).
+  The original draws the blur sigma ONCE per run
   (``MocoAugment_GPU`` builds its blur with one ``random.uniform(0.1, 2)``); here sigma is drawn
   per clip, as the augmentation was meant to be (SimCLR / MoCo v2).
 """
@@ -110,9 +141,17 @@ import torch.nn.functional as F
 
 from harness.data.modalities import dynamic_view
 from harness.data.transforms import AugmentConfig
-from harness.distributed import all_gather, has_sync_bn, shuffle_bn_forward
+from harness.distributed import all_gather, batch_shuffle, batch_unshuffle, has_sync_bn, is_distributed, shuffle_bn_forward
 from methods.base import DataSpec, Method, Recipe, StepOutput, TrainState, decode_size_for_crop, register_method
-from methods.losses import MLPHead, MoCoQueue, capped_queue_size, ema_update, moco_logits, multi_positive_nce
+from methods.losses import (
+    MLPHead,
+    MoCoQueue,
+    capped_queue_size,
+    ema_update,
+    fp32_matmul,
+    moco_logits,
+    multi_positive_nce,
+)
 
 __all__ = [
     "DCLRConfig",
@@ -149,8 +188,13 @@ class DCLRConfig:
     frames: int = 16
     stride: int = 2
     crop: int = 112
+    official_key_maps: bool = False  # True: the released key pass, its maps left behind by the batch shuffle
 
     def __post_init__(self) -> None:
+        if not isinstance(self.official_key_maps, bool):
+            raise ValueError(f"official_key_maps must be a bool, got {self.official_key_maps!r}")
+        if self.official_key_maps and not (self.reweight and (self.static_branch or self.dynamic_branch)):
+            raise ValueError("official_key_maps misplaces the re-weighting maps: it needs reweight=True and a static or dynamic branch")
         if self.temperature <= 0 or not 0 <= self.momentum <= 1:
             raise ValueError(f"need temperature > 0 and 0 <= momentum <= 1, got {self.temperature}, {self.momentum}")
         if self.topk < 1 or self.warmup_iterations < 0 or self.map_reg_weight < 0:
@@ -202,8 +246,9 @@ def map_regularizer(rgb_map: torch.Tensor, target_map: torch.Tensor) -> torch.Te
 @torch.no_grad()
 def reference_similarity(reference: torch.Tensor, queue: torch.Tensor) -> torch.Tensor:
     """``softmax(reference . queue^T)`` over the K queue entries, WITHOUT a temperature, as the
-    original's ``calculate_similarity``: (B, D), (K, D) -> (B, K) float32."""
-    return F.softmax((reference.detach().float() @ queue.detach().float().t()), dim=1)
+    original's ``calculate_similarity``: (B, D), (K, D) -> (B, K) float32, the product with
+    autocast off (the top-k neighbours are mined from it; a bf16 product reorders near ties)."""
+    return F.softmax(fp32_matmul(reference.detach(), queue.detach().t()), dim=1)
 
 
 @torch.no_grad()
@@ -254,6 +299,7 @@ class DCLR(Method):
     """DCLR (Ding et al., ACM MM 2022): MoCo with RGB <-> static and RGB <-> dynamic contrast."""
 
     Config = DCLRConfig
+    paper_backbone = "r2plus1d_10"
     recipe = Recipe(optimizer="sgd", lr=0.01, momentum=0.9, weight_decay=1e-4, schedule="multistep",
                     milestones=(120, 160), gamma=0.1, epochs=200, batch_size=40)
 
@@ -271,9 +317,15 @@ class DCLR(Method):
         c = self.config
         return ("vv",) + (("vs", "sv") if c.static_branch else ()) + (("vd", "dv") if c.dynamic_branch else ())
 
+    def effective_settings(self) -> dict[str, int]:
+        """``queue_size``: the shared queue length, ``queue_size`` capped at the largest power of
+        two <= N / 4 (2048 on UCF101); ``topk``: neighbours mined per row, at most the queue length."""
+        return {"queue_size": self.queue.size, "topk": min(self.config.topk, self.queue.size)}
+
     def data_spec(self) -> DataSpec:
         c = self.config
-        augment = AugmentConfig(size=(c.crop, c.crop), blur_kernel=_blur_kernel(c.crop))
+        augment = AugmentConfig(size=(c.crop, c.crop), blur_kernel=_blur_kernel(c.crop),
+                                grey_before_jitter=True)  # MocoAugment_GPU: RandomGrayscale, then ColorJitter
         return DataSpec(clips=4, frames=c.frames, stride=c.stride, sampler="with_static", shared_crop=False,
                         augment=augment, decode_size=decode_size_for_crop(c.crop))
 
@@ -327,12 +379,30 @@ class DCLR(Method):
     def keys(self, views: torch.Tensor) -> dict[str, torch.Tensor]:
         """Key embeddings of the key clip's views; the batch (all views of a video together) is
         shuffled across ranks around the key encoder (shuffle BN)."""
+        if self.config.official_key_maps:
+            return self._released_keys(views)
         enabled = self.config.shuffle_bn and not has_sync_bn(self.key_backbone)
         return shuffle_bn_forward(self._key_embeddings, views, enabled=enabled)
 
     def _key_embeddings(self, views: torch.Tensor) -> dict[str, torch.Tensor]:
         maps = self._layer4(self.key_backbone, views)
         return self._embed(self.key_heads, maps, self._weights(maps))
+
+    def _released_keys(self, views: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``official_key_maps=True``: the released key pass (``moco/builder.py::MoCo_View.forward_once``).
+
+        The key clip's maps come from a pass over the unshuffled batch (line 411); the batch is then
+        permuted (``_batch_shuffle_ddp``, line 420: always, also in one process and under SyncBN)
+        and re-weighted with those maps in their UNshuffled order (line 421), so permuted row ``i``
+        is weighted with local video ``i``'s maps; the embeddings are unpermuted (lines 422-426)."""
+        weights = self._weights(self._layer4(self.key_backbone, views))
+        if is_distributed():
+            shuffled, undo = batch_shuffle(views)
+        else:
+            perm = torch.randperm(views.shape[0], device=views.device)
+            shuffled, undo = views[perm], torch.argsort(perm)
+        out = self._embed(self.key_heads, self._layer4(self.key_backbone, shuffled), weights)
+        return {n: batch_unshuffle(e, undo) if is_distributed() else e[undo] for n, e in out.items()}
 
     # ------------------------------------------------------------------ loss
 

@@ -81,7 +81,7 @@ from harness.data.modalities import residual_frames, static_view
 from harness.data.transforms import AugmentConfig
 from harness.distributed import all_gather
 from methods.base import DataSpec, Method, Recipe, StepOutput, TrainState, decode_size_for_crop, register_method
-from methods.losses import MemoryBank
+from methods.losses import MemoryBank, fp32_matmul
 
 __all__ = ["IICConfig", "IIC", "repeat_negative", "shuffle_negative", "iic_logits", "iic_loss", "effective_k"]
 
@@ -184,6 +184,10 @@ def iic_logits(
 ) -> torch.Tensor:
     """IIC/CMC memory-bank logits of one direction, float32, label 0.
 
+    The product runs in float32 with autocast off (:func:`~methods.losses.fp32_matmul`): the raw
+    query has a norm around 20, where a bf16 product with the unit bank rows is off by up to
+    0.03, i.e. 0.45 in the logit after 1/T (T = 0.07, measured at D = 128).
+
     Args:
         query: (B, D) features of this view (raw or normalised: not normalised here).
         other_rows: (B, K+1, D) rows of the OTHER view's bank at ``idx`` (column 0 = the positive).
@@ -197,8 +201,8 @@ def iic_logits(
     rows = other_rows if negative_rows is None else torch.cat([other_rows, negative_rows], dim=1)
     if query.dim() != 2 or rows.dim() != 3 or rows.shape[0] != query.shape[0] or rows.shape[2] != query.shape[1]:
         raise ValueError(f"expected query (B, D) and rows (B, L, D), got {tuple(query.shape)}, {tuple(rows.shape)}")
-    logits = torch.bmm(rows.detach().to(query.dtype), query.unsqueeze(2)).squeeze(2)
-    return logits.float() / temperature
+    logits = fp32_matmul(rows.detach(), query.unsqueeze(2)).squeeze(2)
+    return logits / temperature
 
 
 def iic_loss(
@@ -232,6 +236,8 @@ class IIC(Method):
     """IIC (Tao et al., ACM MM 2020): CMC over RGB + residual/flow with intra-negative memory."""
 
     Config = IICConfig
+    paper_backbone = "r3d_vcop"
+    backbone_init = "pytorch_default"
     recipe = Recipe(optimizer="sgd", lr=0.01, momentum=0.9, weight_decay=1e-4, batch_size=16, schedule="multistep",
                     milestones=(45, 90, 125, 160), gamma=0.2, epochs=240)
 
@@ -268,6 +274,10 @@ class IIC(Method):
 
     def _query(self, f: torch.Tensor) -> torch.Tensor:
         return F.normalize(f, dim=1) if self.config.normalize_query else f
+
+    def effective_settings(self) -> dict[str, int]:
+        """``nce_k``: the negatives per anchor actually drawn, ``min(nce_k, N - 1)`` (:func:`effective_k`)."""
+        return {"nce_k": self.k}
 
     def training_step(self, batch: dict[str, torch.Tensor], state: TrainState) -> StepOutput:
         c = self.config

@@ -83,6 +83,12 @@ Deviations from the official code, and why:
   ``-log(sum exp(pos) / (sum exp(pos) + sum exp(neg)))`` with raw ``exp``: the same value,
   without overflow under bf16/fp32. Likewise the swapped prediction and graph losses use
   ``log_softmax`` instead of ``log(softmax + 1e-10)`` (differs only where p < ~1e-8).
+- Every similarity product (instance / motion contrast, timestamp alignment, instance graph,
+  graph prediction, prototype scores) is computed in float32 with autocast off
+  (``methods.losses.fp32_einsum`` / ``fp32_matmul``), and the Sinkhorn codes in float32; the
+  backbone, ME blocks and heads run under the harness's bf16 autocast. (Under autocast a plain
+  ``einsum`` of float32 operands still runs in bf16: a cosine near 1 is off by up to 0.003, a
+  logit by 0.04 after 1/T = 0.07.)
 - Prototype freeze in epoch 0: the original sets the prototype gradients to None after
   ``backward()``; here the prototype weight is detached in the forward pass of epoch 0, so no
   gradient reaches it and the optimizer (torch Adam skips parameters whose grad is None, weight
@@ -100,10 +106,11 @@ Deviations from the official code, and why:
 - Data: the harness decodes videos (or frame folders) and resizes to ``decode_size`` = the
   original's 150x200 (H x W) scaled by ``crop / 112``. Videos shorter than the window are
   skipped and named by the loader (the original drops videos with <= 32 frames). The crop is the harness's RandomResizedCrop with
-  the original's area (0.5, 1) and aspect (3/4, 4/3); jitter (0.5, 0.5, 0.5, 0.25) with p 1 and
-  the channel-split greyscale with p 0.5 are drawn per frame (``per_frame_colour=True``, as the
-  original's ``consistent=False``) or per clip (False); the jitter order is the harness's fixed
-  order, not the original's random permutation; no blur; ImageNet normalisation.
+  the original's area (0.5, 1) and aspect (3/4, 4/3); the channel-split greyscale with p 0.5 and
+  then jitter (0.5, 0.5, 0.5, 0.25) with p 1, greyscale first as in the original's ``train.py``
+  (``AugmentConfig.grey_before_jitter``), both drawn per frame (``per_frame_colour=True``, as the
+  original's ``consistent=False``) or per clip (False); the jitter's own order is the harness's
+  fixed order, not the original's random permutation; no blur; ImageNet normalisation.
 - SyncBN: the original converts the whole model to SyncBatchNorm; :meth:`prepare_distributed`
   does the same (``sync_bn=True``), on any backend.
 """
@@ -119,7 +126,7 @@ import torch.nn.functional as F
 from harness.data.transforms import AugmentConfig
 from harness.distributed import all_gather, all_gather_with_grad, convert_sync_batchnorm, rank
 from methods.base import DataSpec, Method, Recipe, StepOutput, TrainState, decode_size_for_crop, register_method
-from methods.losses import capped_queue_size, sinkhorn_knopp
+from methods.losses import capped_queue_size, fp32_einsum, fp32_matmul, sinkhorn_knopp
 
 __all__ = [
     "MLFOConfig",
@@ -132,6 +139,7 @@ __all__ = [
     "instance_graph",
     "alignment_logits",
     "timestamp_alignment",
+    "prototype_logits",
     "swav_codes",
     "swapped_prediction",
     "graph_target",
@@ -294,17 +302,16 @@ def instance_contrast(
     if n < 2 or global_.dim() != 3 or global_.shape[1:] != (n, d) or not 0 <= offset <= global_.shape[0] - b:
         raise ValueError(f"expected local (B, n>=2, D) inside global (N, n, D), got {tuple(local.shape)}, "
                          f"{tuple(global_.shape)}, offset {offset}")
-    local, global_ = local.float(), global_.float()
-    pos = torch.einsum("bnd,bmd->bnm", local, local) / temperature  # (B, n, n)
+    pos = fp32_einsum("bnd,bmd->bnm", local, local) / temperature  # (B, n, n)
     off_diag = ~torch.eye(n, dtype=torch.bool, device=local.device)
     pos = pos[:, off_diag].view(b, n, n - 1)
-    neg = torch.einsum("bnd,md->bnm", local, global_.reshape(-1, d)) / temperature  # (B, n, N*n)
+    neg = fp32_einsum("bnd,md->bnm", local, global_.reshape(-1, d)) / temperature  # (B, n, N*n)
     own = torch.zeros(b, global_.shape[0], dtype=torch.bool, device=local.device)
     own[torch.arange(b, device=local.device), offset + torch.arange(b, device=local.device)] = True
     neg = neg.masked_fill(own.repeat_interleave(n, dim=1)[:, None, :], float("-inf"))
     parts = [pos, neg]
     if extra_negatives is not None:
-        parts.append(torch.einsum("bnd,bed->bne", local, extra_negatives.float()) / temperature)
+        parts.append(fp32_einsum("bnd,bed->bne", local, extra_negatives) / temperature)
     lse_pos = torch.logsumexp(pos, dim=2)
     lse_neg = torch.logsumexp(torch.cat(parts[1:], dim=2), dim=2)
     loss = torch.logaddexp(lse_pos, lse_neg) - lse_pos
@@ -316,7 +323,7 @@ def instance_graph(global_: torch.Tensor, temperature: float) -> torch.Tensor:
     """The instance-similarity graph ``softmax(Z_A Z_B^T / T, dim=1)`` (N, N), no gradient:
     row i = how clip A of video i distributes over clip B of every video."""
     z = global_.detach().float()
-    return torch.softmax(z[:, 0] @ z[:, 1].t() / temperature, dim=1)
+    return torch.softmax(fp32_matmul(z[:, 0], z[:, 1].t()) / temperature, dim=1)
 
 
 def alignment_logits(fine: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -334,8 +341,8 @@ def alignment_logits(fine: torch.Tensor, temperature: float) -> tuple[torch.Tens
     original = torch.cat([F.adaptive_avg_pool1d(fine[:, 0], t // 2), F.adaptive_avg_pool1d(fine[:, 1], t // 2)], dim=2)
     original = F.normalize(original, dim=1)
     overview = F.normalize(fine[:, 2], dim=1)
-    l2g = torch.einsum("bcm,bcn->bmn", original, overview) / temperature
-    g2l = torch.einsum("bcm,bcn->bmn", overview, original) / temperature
+    l2g = fp32_einsum("bcm,bcn->bmn", original, overview) / temperature
+    g2l = fp32_einsum("bcm,bcn->bmn", overview, original) / temperature
     return l2g, g2l
 
 
@@ -349,6 +356,13 @@ def timestamp_alignment(fine: torch.Tensor, temperature: float) -> tuple[torch.T
     loss = (F.cross_entropy(l2g, labels) + F.cross_entropy(g2l, labels)) / 2
     accuracy = ((l2g.argmax(1) == labels).float().mean() + (g2l.argmax(1) == labels).float().mean()).detach() / 2
     return loss, accuracy
+
+
+def prototype_logits(z: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
+    """SwAV's prototype scores ``z . c_k`` (Caron et al. 2020, Sec. 3.1): (N, D) unit embeddings
+    against (K, D) unit prototype rows -> (N, K) float32, computed with autocast off; a gradient
+    reaches both (the prototypes' unless the caller detaches them, as in epoch 0)."""
+    return fp32_matmul(z, prototypes.t())
 
 
 def swav_codes(scores: torch.Tensor, batch: int, epsilon: float, iterations: int) -> torch.Tensor:
@@ -408,7 +422,7 @@ def graph_loss(
     per-row soft cross-entropy by N; otherwise rows are summed and averaged over B."""
     a = F.normalize(local[:, 0].float(), dim=1)
     bg = F.normalize(global_[:, 1].float(), dim=1)
-    log_p = F.log_softmax(a @ bg.t() / temperature, dim=1)
+    log_p = F.log_softmax(fp32_matmul(a, bg.t()) / temperature, dim=1)
     loss = -(log_p * target_rows.detach())
     return loss.mean() if mean_over_batch else loss.sum(dim=1).mean()
 
@@ -419,12 +433,13 @@ def graph_loss(
 
 
 def mlfo_augment(c: MLFOConfig) -> AugmentConfig:
-    """The paper's augmentation: crop area (0.5, 1), aspect (3/4, 4/3), flip 0.5, jitter (0.5, 0.5, 0.5,
-    0.25) with p 1, channel-split grey p 0.5, both per frame unless ``per_frame_colour=False``;
-    no blur; ImageNet normalisation."""
+    """The paper's augmentation: crop area (0.5, 1), aspect (3/4, 4/3), flip 0.5, channel-split grey
+    p 0.5, THEN jitter (0.5, 0.5, 0.5, 0.25) with p 1 (``train.py`` composes RandomGray before
+    ColorJitter), both per frame unless ``per_frame_colour=False``; no blur; ImageNet normalisation."""
     return AugmentConfig(size=(c.crop, c.crop), scale=(0.5, 1.0), ratio=(3 / 4, 4 / 3), flip_p=0.5,
                          jitter=(0.5, 0.5, 0.5, 0.25), jitter_p=1.0, grey_p=0.5, blur_p=0.0, normalize=True,
-                         jitter_per_frame=c.per_frame_colour, grey_per_frame=c.per_frame_colour, grey_mode=c.grey_mode)
+                         jitter_per_frame=c.per_frame_colour, grey_per_frame=c.per_frame_colour, grey_mode=c.grey_mode,
+                         grey_before_jitter=True)
 
 
 @register_method("mlfo")
@@ -432,6 +447,7 @@ class MLFO(Method):
     """MLFO (Qian et al., ICCV 2021): instance, motion, alignment, prototype and graph objectives at three levels."""
 
     Config = MLFOConfig
+    paper_backbone = "r3d_18_mlfo"
     recipe = Recipe(optimizer="adam", lr=1e-3, weight_decay=1e-5, betas=(0.9, 0.999), schedule="multistep",
                     milestones=(200,), gamma=0.1, epochs=300, batch_size=256)
     find_unused_parameters = True  # graph heads before split, prototypes in epoch 0 (the original sets it too)
@@ -466,6 +482,14 @@ class MLFO(Method):
     def prepare_distributed(self) -> None:
         if self.config.sync_bn:
             convert_sync_batchnorm(self)
+
+    def effective_settings(self) -> dict[str, int]:
+        """What the config turned into on this data and backbone: ``proto_queue_size`` (rows of the
+        logit queue, ``queue_size`` capped at the largest power of two <= N / 2, at least 16) and
+        the ME blocks' reduced widths ``max(1, C // me_reduction)`` at the low and mid levels."""
+        return {"proto_queue_size": self.proto_queue.shape[0],
+                "me_low_channels": self.me_low.reduce.out_channels,
+                "me_mid_channels": self.me_mid.reduce.out_channels}
 
     @torch.no_grad()
     def normalize_prototypes(self) -> None:
@@ -507,7 +531,7 @@ class MLFO(Method):
         if c.prototypes:
             z = F.normalize(self.project_global(high.mean(2)), dim=1)
             weight = self.prototypes.weight.detach() if freeze_prototypes else self.prototypes.weight
-            out["logits"] = F.linear(z, weight).view(b, n, -1)[:, :2]
+            out["logits"] = prototype_logits(z, weight).view(b, n, -1)[:, :2]
         if graph:
             out["graph_high"] = self.project_graph(high).mean(2).view(b, n, -1)
         if need_levels:

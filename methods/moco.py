@@ -11,6 +11,8 @@ Choices, as the video SSL papers built on MoCo make them (VideoMoCo, DCLR):
 - augmentation per clip: random resized crop (0.2-1), flip, colour jitter (0.4, 0.4, 0.4, 0.1;
   p 0.8), greyscale (p 0.2), Gaussian blur (p 0.5), ImageNet normalisation;
 - MLP head D -> D -> 128, T = 0.07, m = 0.999;
+- the logits (query . key, query . queue) are computed in float32 with autocast off
+  (:func:`~methods.losses.moco_logits`); the encoders run under the harness's bf16 autocast;
 - queue length: ``queue_size`` capped at the largest power of two not above a quarter of the
   data set (DCLR's choice for UCF101: 2048 for its 9,537 training videos), so the queue never
   holds several stale copies of the same video;
@@ -59,6 +61,7 @@ class MoCo(Method):
     """MoCo v2 on RGB clips (He et al. 2020; Chen et al. 2020): the plain contrastive baseline."""
 
     Config = MoCoConfig
+    paper_backbone = "r3d_18"
     recipe = Recipe(optimizer="sgd", lr=0.01, weight_decay=1e-4, momentum=0.9, schedule="multistep",
                     milestones=(120, 160), gamma=0.1, epochs=200, batch_size=40)
 
@@ -73,6 +76,11 @@ class MoCo(Method):
     def data_spec(self) -> DataSpec:
         c = self.config
         return DataSpec(clips=2, frames=c.frames, stride=c.stride, augment=AugmentConfig(size=(c.crop, c.crop)))
+
+    def effective_settings(self) -> dict[str, int]:
+        """``queue_size``: the queue length used, ``queue_size`` capped by the data set
+        (``capped_queue_size(..., videos_per_slot=4)``: 65536 -> 2048 on UCF101)."""
+        return {"queue_size": self.queue.size}
 
     @torch.no_grad()
     def keys(self, clips: torch.Tensor) -> torch.Tensor:

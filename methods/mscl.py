@@ -38,7 +38,10 @@ from 0.994 to 1 over training, queue age decay 0.99999^age, 8 frames at a stride
 frames (8 of the original's 2-frame units), 112 px crops; SGD lr 0.02 for batch 128, momentum
 0.9, weight decay 1e-4, gradient clipping at L2 norm 40, cosine schedule, 400 epochs.
 Augmentation: RGB random resized crop (0.2-1), flip, colour jitter (0.4, 0.4, 0.4, 0.1; p 0.8;
-magnitudes per frame), greyscale p 0.2, blur p 0.5, ImageNet normalisation; flow gets the same
+magnitudes per frame), greyscale p 0.2, blur p 0.5 with ONE sigma ~ U(0.1, 2) for all blurred
+query clips of the (per-process) batch and one for the key clips (``common/ssl_aug.py``'s
+``GaussianBlur`` draws one sigma per call and ``ssl_aug_v2.py`` augments q and k in two calls;
+``AugmentConfig(blur_sigma_per="clip")`` draws one per clip instead), ImageNet normalisation; flow gets the same
 crop and flip (a flip mirrors the field without negating u, as the original flips its colour
 images), then dequantisation, per-frame normalisation, FRA and colour coding on the device, here.
 q and k get independent crops.
@@ -72,8 +75,11 @@ Deviations from the official code, and why:
   it; indices past a video's end loop, as the original's "loop" option. MDS scores every raw
   frame as a candidate start, by default at the training stride (the shipped screening used 4
   units against a training stride of 8); its choices are in :mod:`harness.data.mds`. The query
-  start follows the original's retry rule exactly; a video with no chosen start (all scores
-  equal) gets two random clips instead of two clips at frame 0.
+  start follows the original's retry rule exactly, and so does the key start by default
+  (``key_snap="official"``: the original's scan of the chosen starts from the pick 0, which is
+  not always the nearest chosen start; ``key_snap="nearest"`` snaps to the nearest one, the
+  ``"mds_nearest"`` sampler); a video with no chosen start (all scores equal) gets two random
+  clips instead of two clips at frame 0.
 - The per-frame normalisation divides by the largest magnitude inside the crop (the harness crops
   first); the original normalises the full frame, then crops. Rotation and colour coding are
   per pixel and commute with the crop.
@@ -94,6 +100,9 @@ Deviations from the official code, and why:
   cross-modal terms see the flow queue after this step's ``k_f`` were enqueued (so the RGB->flow
   positive is also among the negatives, at 0.99999 of its value); False uses the pre-enqueue queue.
   With FRA off there is no second flow forward, and the pre-enqueue queue is used either way.
+- Precision: every MoCo, cross-modal and LMCL logit (query . key, query . decayed queue, RGB
+  step . flow step) is computed in float32 with autocast off (``methods.losses``); the encoders,
+  neck and heads run under the harness's bf16 autocast.
 - Randomness (the FRA angle) comes from torch's global RNG of the batch's device, which the
   harness seeds and checkpoints.
 - Gradient clipping (max L2 norm 40) is ``recipe.clip_grad``, applied by the harness to all
@@ -118,7 +127,7 @@ from harness.data.modalities import dequantize_flow01, flow_to_color, normalize_
 from harness.data.transforms import AugmentConfig
 from harness.distributed import all_gather, has_sync_bn, shuffle_bn_forward
 from methods.base import DataSpec, Method, Recipe, StepOutput, TrainState, register_method
-from methods.losses import MLPHead, MoCoQueue, capped_queue_size, cosine_momentum, ema_update, moco_logits
+from methods.losses import MLPHead, MoCoQueue, capped_queue_size, cosine_momentum, ema_update, fp32_matmul, moco_logits
 
 __all__ = [
     "MSCLConfig",
@@ -151,6 +160,7 @@ class MSCLConfig:
     lmcl: bool = True
     flow_rotation: bool = True
     mds: bool = True
+    key_snap: str = "official"  # MDS key start: "official" (the original's scan) | "nearest" (the "mds_nearest" sampler)
     cross_modal: bool = True
     layout: str = "intended"  # intended | shipped (docs/methods/mscl.md)
     aug_sees_new_flow_keys: bool = True  # as shipped: the aug-flow / RGB->flow terms see k_f in the queue
@@ -167,6 +177,8 @@ class MSCLConfig:
             raise ValueError("layout='shipped' mixes rotated and unrotated flow: it needs flow_rotation=True")
         if self.flow_ema_per_step not in (1, 2):
             raise ValueError(f"flow_ema_per_step must be 1 or 2, got {self.flow_ema_per_step}")
+        if self.key_snap not in harness.data.mds.KEY_SNAPS:
+            raise ValueError(f"key_snap must be one of {', '.join(harness.data.mds.KEY_SNAPS)}, got {self.key_snap!r}")
         if self.temperature <= 0 or self.lmcl_temperature <= 0 or not 0 < self.queue_decay <= 1:
             raise ValueError(f"need positive temperatures and 0 < queue_decay <= 1, got {self}")
         if not 0 <= self.momentum_base <= 1:
@@ -245,13 +257,14 @@ def lmcl_logits(rgb_map: torch.Tensor, flow_maps: Sequence[torch.Tensor], temper
     T_f differ both are average-pooled in time to t = min(T_r, T_f). Row ``b * t + i`` holds
     ``<r_b[:, i], F_b[:, j]> / T`` over the concatenated flow time steps j, every vector
     L2-normalised over channels; its label is ``i`` (the first flow map at the same time step).
+    The logits are float32, the product computed with autocast off (``methods.losses.fp32_matmul``).
     """
     t = min([rgb_map.shape[2], *(m.shape[2] for m in flow_maps)])
     r = F.normalize(_time_profile(rgb_map, t), dim=1)  # (B, C, t)
     f = F.normalize(torch.cat([_time_profile(m, t) for m in flow_maps], dim=2), dim=1)  # (B, C, n t)
     if r.shape[1] != f.shape[1]:
         raise ValueError(f"LMCL needs equal channels: RGB level 0 has {r.shape[1]}, flow layer4 {f.shape[1]}")
-    return (torch.bmm(r.transpose(1, 2), f) / temperature).flatten(0, 1)
+    return (fp32_matmul(r.transpose(1, 2), f) / temperature).flatten(0, 1)
 
 
 def lmcl_loss(rgb_map: torch.Tensor, flow_maps: Sequence[torch.Tensor], temperature: float = 0.07) -> tuple[torch.Tensor, torch.Tensor]:
@@ -277,6 +290,7 @@ class MSCL(Method):
     """MSCL (Ni et al., ECCV 2022): RGB and flow MoCo v2, cross-modal and local (LMCL) contrast, FRA, MDS."""
 
     Config = MSCLConfig
+    paper_backbone = "r3d_18"
     recipe = Recipe(optimizer="sgd", lr=0.02, momentum=0.9, weight_decay=1e-4, schedule="cosine", milestones=(),
                     warmup_epochs=0.0, epochs=400, batch_size=128, clip_grad=40.0)
     find_unused_parameters = False  # every trainable parameter feeds a loss in every configuration
@@ -304,11 +318,18 @@ class MSCL(Method):
         self.rgb_queue = MoCoQueue(size, c.embed_dim, track_age=True, generator=0)
         self.flow_queue = MoCoQueue(size, c.embed_dim, track_age=True, generator=1)
 
+    def effective_settings(self) -> dict[str, int]:
+        """The RGB and flow queue lengths used: ``queue_size`` capped at the largest power of two
+        <= N (one video per slot, at least 16): 65536 -> 8192 on UCF101, kept on K400."""
+        return {"rgb_queue_size": self.rgb_queue.size, "flow_queue_size": self.flow_queue.size}
+
     def data_spec(self) -> DataSpec:
         c = self.config
         return DataSpec(clips=2, frames=c.frames, stride=c.stride, modalities=("rgb", "flow"), shared_crop=False,
-                        augment=AugmentConfig(size=(c.crop, c.crop), jitter_per_frame=True),
-                        sampler="mds" if c.mds else None, flow_flip_negates_u=False)
+                        augment=AugmentConfig(size=(c.crop, c.crop), jitter_per_frame=True, blur_sigma_per="batch",
+                                              blur_sigma_groups=2),  # one sigma for the q clips, one for the k clips
+                        sampler=("mds" if c.key_snap == "official" else "mds_nearest") if c.mds else None,
+                        flow_flip_negates_u=False)
 
     # ---------------------------------------------------------------- encoders
 

@@ -17,6 +17,7 @@ from torchvision.models.video.resnet import BasicBlock as TvBasicBlock
 from torchvision.models.video.resnet import BasicStem, Conv3DSimple, VideoResNet
 
 from backbones import (
+    INIT_SCHEMES,
     POOLED,
     STAGE_NAMES,
     UnknownBackboneError,
@@ -88,7 +89,7 @@ def shapes(state_dict) -> dict[str, tuple[int, ...]]:
 
 
 def test_registry_has_the_reference_backbones():
-    expected = {"r3d_18", "r2plus1d_18", "r3d_vcop", "r21d_vcop", "r2plus1d_10", "c3d", "s3d"}
+    expected = {"r3d_18", "r3d_18_mlfo", "r2plus1d_18", "r3d_vcop", "r21d_vcop", "r2plus1d_10", "c3d", "s3d"}
     assert expected | set(TINY) <= set(ALL)
     assert ALL == sorted(ALL)
 
@@ -180,6 +181,104 @@ def test_init_is_kaiming_fan_out_and_unit_bn(name, model):
             if m.weight.numel() >= 4096:  # enough samples for the standard deviation
                 fan_out = m.weight.shape[0] * m.weight[0, 0].numel()
                 assert m.weight.std().item() == pytest.approx((2 / fan_out) ** 0.5, rel=0.1)
+
+
+# ------------------------------------------------------------------------------------------------
+# Initialisation schemes
+
+
+def seeded(name: str, init: str, seed: int = 0, **kwargs) -> VideoBackbone:
+    torch.manual_seed(seed)
+    return create_backbone(name, init=init, **kwargs)
+
+
+def big_convs(net: nn.Module) -> list[nn.Conv3d]:
+    """The Conv3d layers with enough weights for a standard deviation to within a few percent."""
+    return [m for m in net.modules() if isinstance(m, nn.Conv3d) and m.weight.numel() >= 4096]
+
+
+def test_init_schemes_are_named():
+    assert INIT_SCHEMES == ("kaiming_fan_out", "pytorch_default")
+
+
+@pytest.fixture(scope="module")
+def iic_r3d() -> dict[str, VideoBackbone]:
+    """IIC's R3D-10 under each scheme, seed 0: scheme -> backbone."""
+    return {scheme: seeded("r3d_vcop", scheme) for scheme in INIT_SCHEMES}
+
+
+def test_pytorch_default_init_follows_pytorchs_rule(iic_r3d):
+    """PyTorch's Conv3d default: kaiming_uniform(a=sqrt(5)) = U(-b, b) with b = 1/sqrt(fan_in),
+    so std = b/sqrt(3); fan_in = in_ch*kT*kH*kW. Kaiming fan_out instead has std sqrt(2/fan_out)."""
+    convs = big_convs(iic_r3d["pytorch_default"])
+    assert len(convs) == 12  # stem, 4 blocks x 2 convs, 3 projection shortcuts
+    for conv in convs:
+        out_ch, in_ch, kt, kh, kw = conv.weight.shape
+        bound = 1 / (in_ch * kt * kh * kw) ** 0.5
+        default_std = bound / 3**0.5
+        kaiming_std = (2 / (out_ch * kt * kh * kw)) ** 0.5
+        assert default_std != pytest.approx(kaiming_std, rel=0.2)  # the two rules are told apart
+        assert conv.weight.std().item() == pytest.approx(default_std, rel=0.05)
+        assert conv.weight.abs().max().item() <= bound  # uniform, not normal
+    for conv in big_convs(iic_r3d["kaiming_fan_out"]):
+        out_ch, _, kt, kh, kw = conv.weight.shape
+        assert conv.weight.std().item() == pytest.approx((2 / (out_ch * kt * kh * kw)) ** 0.5, rel=0.05)
+
+
+@pytest.mark.parametrize("init", INIT_SCHEMES)
+def test_batchnorm_starts_at_one_and_zero(iic_r3d, init):
+    bns = [m for m in iic_r3d[init].modules() if isinstance(m, nn.BatchNorm3d)]
+    assert len(bns) == 12
+    for bn in bns:
+        assert torch.all(bn.weight == 1) and torch.all(bn.bias == 0)
+        assert torch.all(bn.running_mean == 0) and torch.all(bn.running_var == 1)
+
+
+def test_pytorch_default_conv_biases_are_uniform():
+    """C3D's convs have biases: PyTorch draws them from U(-b, b), b = 1/sqrt(fan_in), where the
+    kaiming scheme zeroes them (checked for every backbone above)."""
+    for conv in (m for m in seeded("c3d", "pytorch_default").modules() if isinstance(m, nn.Conv3d)):
+        _, in_ch, kt, kh, kw = conv.weight.shape
+        bound = 1 / (in_ch * kt * kh * kw) ** 0.5
+        assert conv.bias.abs().max().item() <= bound
+        assert conv.bias.std().item() > bound / 3**0.5 / 2  # spread over the interval, not zero
+
+
+@pytest.mark.parametrize("init", INIT_SCHEMES)
+def test_building_is_deterministic_for_a_seed(init):
+    first, again, other = (seeded("r21d_tiny", init, seed).state_dict() for seed in (0, 0, 1))
+    for key, value in first.items():
+        torch.testing.assert_close(again[key], value, rtol=0, atol=0, msg=key)
+    assert any(not torch.equal(other[k], v) for k, v in first.items() if v.is_floating_point())
+
+
+def test_schemes_give_different_weights_from_the_same_seed():
+    a, b = (seeded("r3d_tiny", init).state_dict() for init in INIT_SCHEMES)
+    assert not torch.equal(a["stem.0.weight"], b["stem.0.weight"])
+
+
+def test_zero_init_residual_holds_under_pytorch_default():
+    net = seeded("r3d_tiny", "pytorch_default", zero_init_residual=True)
+    last_bns = [m.conv2[1] for m in net.modules() if hasattr(m, "conv2") and hasattr(m, "downsample")]
+    assert len(last_bns) == 4 and all(torch.all(bn.weight == 0) for bn in last_bns)
+
+
+@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("init", INIT_SCHEMES)
+def test_every_scheme_builds_on_meta(name, init):
+    with torch.device("meta"):
+        net = create_backbone(name, init=init)
+    assert all(p.is_meta for p in net.parameters())
+    assert net(meta_clip(1, 3, 8, 64, 64)).shape == (1, net.feature_dim)
+
+
+def test_unknown_init_scheme_lists_the_valid_ones():
+    for device in ("cpu", "meta"):
+        with torch.device(device), pytest.raises(KeyError) as info:
+            create_backbone("r3d_tiny", init="xavier")
+        message = str(info.value)
+        assert "xavier" in message and all(scheme in message for scheme in INIT_SCHEMES)
+        assert isinstance(info.value, ValueError)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -341,6 +440,75 @@ def test_vcop_iic_layouts(described):
     assert described["c3d"]["params"] == pytest.approx(27.7e6, rel=0.02)
     assert described["c3d"]["params"] == 27_661_440
     assert described["c3d"]["gmacs"] == pytest.approx(38.5, rel=0.02)
+
+
+def conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
+    """Output length of a convolution or pooling along one axis."""
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+def mlfo_r3d18_by_hand(in_channels: int = 3, clip=(16, 112, 112)):
+    """(params, forward MACs, {stage: (C, T, H, W)}) of MLFO's ``generate_model(18)`` without its
+    fc and motion-excitation heads, counted from its layer definitions in ``r3d.py``:
+
+    conv1 Conv3d(in, 64, k=7, s=(1,2,2), p=3, no bias) + bn1; MaxPool3d(k=(1,3,3), s=(1,2,2),
+    p=(0,1,1)); layer1..4 of two BasicBlocks (3x3x3 conv + BN, twice), widths 64/128/256/512,
+    stride 2 in T, H and W in the first block of layer2..4, whose 1x1x1 conv + BN shortcut
+    ("B") also strides 2. MACs = weights of a conv x its output positions.
+    """
+    t, h, w = clip
+    # conv1: 3*64*7*7*7 weights; stride 1 in time, 2 in space, padding 3 everywhere
+    t, h, w = conv_out(t, 7, 1, 3), conv_out(h, 7, 2, 3), conv_out(w, 7, 2, 3)
+    params = in_channels * 64 * 7 * 7 * 7 + 2 * 64
+    macs = in_channels * 64 * 7 * 7 * 7 * t * h * w
+    # max-pool 1x3x3, stride 1x2x2, padding 0x1x1: no weights
+    t, h, w = conv_out(t, 1, 1, 0), conv_out(h, 3, 2, 1), conv_out(w, 3, 2, 1)
+    shapes = {"stem": (64, t, h, w)}
+
+    cin = 64
+    for stage, cout in zip(("layer1", "layer2", "layer3", "layer4"), (64, 128, 256, 512)):
+        stride = 1 if stage == "layer1" else 2
+        for block in range(2):
+            s = stride if block == 0 else 1
+            t, h, w = conv_out(t, 3, s, 1), conv_out(h, 3, s, 1), conv_out(w, 3, s, 1)
+            positions = t * h * w
+            params += cin * cout * 27 + 2 * cout + cout * cout * 27 + 2 * cout  # conv1+bn1, conv2+bn2
+            macs += (cin * cout * 27 + cout * cout * 27) * positions
+            if s != 1 or cin != cout:  # downsample: 1x1x1 conv + BN
+                params += cin * cout + 2 * cout
+                macs += cin * cout * positions
+            cin = cout
+        shapes[stage] = (cout, t, h, w)
+    return params, macs, shapes
+
+
+def test_mlfo_r3d18_layout_by_hand(described):
+    """MLFO's R3D-18: its 7x7x7 stem and 1x3x3 max-pool make it 13.3 GMACs with 2x4x4 layer4 maps."""
+    params, macs, hand_shapes = mlfo_r3d18_by_hand()
+    assert params == 33_203_904
+    assert hand_shapes["stem"] == (64, 16, 28, 28) and hand_shapes["layer4"] == (512, 2, 4, 4)
+    assert macs / 1e9 == pytest.approx(13.3, abs=0.05)
+
+    row = described["r3d_18_mlfo"]
+    assert row["params"] == params
+    assert row["layer4_shape"] == hand_shapes["layer4"]
+    assert row["gmacs"] == pytest.approx(13.3, abs=0.05)
+    assert count_gmacs(meta("r3d_18_mlfo")) == pytest.approx(macs / 1e9, rel=1e-6)
+
+    maps = meta("r3d_18_mlfo").forward_stages(meta_clip(1, 3, 16, 112, 112), STAGE_NAMES)
+    assert {stage: tuple(maps[stage].shape[1:]) for stage in STAGE_NAMES} == hand_shapes
+    assert described["r3d_18"]["gmacs"] > 3 * row["gmacs"]  # no pool: 4x the positions after the stem
+
+
+def test_mlfo_r3d18_keeps_the_resnet_module_names():
+    """Same state-dict keys as r3d_18; only the stem conv's kernel differs (7x7x7 vs 3x7x7)."""
+    ours, plain = shapes(meta("r3d_18_mlfo").state_dict()), shapes(meta("r3d_18").state_dict())
+    assert list(ours) == list(plain)
+    assert {k for k in ours if ours[k] != plain[k]} == {"stem.0.weight"}
+    assert ours["stem.0.weight"] == (64, 3, 7, 7, 7)
+    pool = meta("r3d_18_mlfo").stem[-1]
+    assert isinstance(pool, nn.MaxPool3d)
+    assert (pool.kernel_size, pool.stride, pool.padding) == ((1, 3, 3), (1, 2, 2), (0, 1, 1))
 
 
 @pytest.mark.parametrize("name", ["r3d_vcop", "r21d_vcop", "c3d"])

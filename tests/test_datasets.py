@@ -69,6 +69,27 @@ def test_hmdb51_official_split_files(tmp_path):
         load_hmdb51(root, progress=False)
 
 
+def test_hmdb51_classes_are_numbered_by_sorted_class_name_not_file_name(tmp_path):
+    # file names sort "climb_stairs_test_split1.txt" before "climb_test_split1.txt" ('_' < 't'); class names do not
+    root = tmp_path / "hmdb"
+    ann = root / "testTrainMulti_7030_splits"
+    ann.mkdir(parents=True)
+    names = ["sword_exercise", "kick", "climb_stairs", "sword", "kick_ball", "climb"]
+    for cls in names:
+        (root / "videos" / cls).mkdir(parents=True)
+        write_video(root / "videos" / cls / f"{cls}_0.avi", level_frames(12))
+        (ann / f"{cls}_test_split1.txt").write_text(f"{cls}_0.avi 1\n")
+    expected = ["climb", "climb_stairs", "kick", "kick_ball", "sword", "sword_exercise"]
+    for _ in range(2):  # the second load reads the frame-count index the first one wrote
+        ds = load_hmdb51(root, split=1, subset="train", progress=False)
+        assert ds.classes == expected
+        assert sorted((r.key, r.label) for r in ds.records) == [(f"{c}/{c}_0", i) for i, c in enumerate(expected)]
+        assert all(r.num_frames == 12 for r in ds.records)
+    # the index holds frame counts only, no labels, so an index written under the old class order cannot keep old labels
+    entries = json.loads((root / "videos" / "vsbench_index.json").read_text())["entries"]
+    assert len(entries) == 6 and all(set(e) == {"stamp", "num_frames", "height", "width", "error"} for e in entries.values())
+
+
 def _videos(root, names, frames=18):
     root.mkdir(parents=True, exist_ok=True)
     for name in names:

@@ -81,6 +81,27 @@ def test_data_spec_is_four_independently_augmented_clips_from_the_with_static_sa
     assert small.augment.size == (32, 32) and small.augment.blur_kernel == 3 and small.decode_size == (37, 49)
 
 
+def test_data_spec_greys_before_jitter_and_needs_dclr_32_frame_windows():
+    # moco/loader.py::MocoAugment_GPU: RandomGrayscale(p=0.2), then ColorJitter(0.4, 0.4, 0.4, 0.1, p=0.8).
+    # dataset/ucf101_view.py: VideoClips of frame_per_clip * stride = 32 frames (videos without one are
+    # dropped), clip = window[::2], static_idx = randint(0, 32): starts 0..n-32, offsets 0..31.
+    import numpy as np
+
+    from harness.data.sampling import ClipSpec, build_sampler, frames_needed
+
+    spec = DCLR(DCLR.Config(), create_backbone("r3d_tiny"), dataset_size=64).data_spec()
+    assert spec.augment.grey_before_jitter
+    clip_spec = ClipSpec(spec.frames, spec.stride, spec.clips)
+    assert frames_needed(spec.sampler, clip_spec) == 32
+    sample = build_sampler(spec.sampler, None, None)
+    starts, offsets = set(), set()
+    for seed in range(3000):
+        q, k, sq, _ = sample(0, 40, clip_spec, np.random.default_rng(seed))
+        starts |= {int(q[0]), int(k[0])}
+        offsets.add(int(sq[0] - q[0]))
+    assert starts == set(range(9)) and offsets == set(range(32))  # n - 31 = 9 starts
+
+
 # ------------------------------------------------------------------ views and activation maps
 
 
@@ -385,3 +406,72 @@ def test_two_harness_steps_on_real_videos_with_the_queue_warmup(motionshapes_tin
     assert not torch.equal(rgb[:, :2], rgb[:, :2, :, :1].expand_as(rgb[:, :2]))
     for o in (out, out2):
         assert ALL_PARTS <= o.parts.keys() and math.isfinite(float(o.loss))
+
+
+# ------------------------------------------------------------------ precision under autocast, effective settings, released key maps
+
+
+def test_logits_and_neighbour_similarities_are_float32_under_bf16_autocast():
+    g = torch.Generator().manual_seed(0)
+    q, k = 20 * F.normalize(torch.randn(8, 128, generator=g), dim=1), 20 * F.normalize(torch.randn(8, 128, generator=g), dim=1)
+    queue = F.normalize(torch.randn(256, 128, generator=g), dim=1)
+    ref_emb = F.normalize(torch.randn(8, 128, generator=g), dim=1)  # the reference embeddings are unit norm
+    T, tol = 0.07, 1e-5
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, _ = moco_logits(q, k, queue, T)
+        sim = reference_similarity(ref_emb, queue)
+    qd, rd, Qd = q.double(), ref_emb.double(), queue.double()
+    ref_logits = torch.cat([(qd * k.double()).sum(1, keepdim=True), qd @ Qd.t()], dim=1) / T  # [q.k+, q.Q] / T
+    ref_sim = torch.softmax(rd @ Qd.t(), dim=1)  # calculate_similarity: softmax(r . Q), no temperature
+    for out, ref in ((logits, ref_logits), (sim, ref_sim)):
+        assert out.dtype == torch.float32
+        torch.testing.assert_close(out.double(), ref, rtol=tol, atol=tol * ref.abs().max().item())
+    # the failure mode: the same similarities from a bf16 product are off by far more
+    plain = torch.softmax((ref_emb.bfloat16() @ queue.bfloat16().t()).double(), dim=1)
+    assert ((plain - ref_sim).abs() / ref_sim).max() > 50 * tol  # measured 9e-4
+
+
+def test_training_step_runs_under_cpu_bf16_autocast():
+    m = _dclr(queue_size=16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = m(_batch(b=4), TrainState())
+    assert out.parts.keys() == ALL_PARTS | {"dclr/acc"}
+    assert out.loss.dtype == torch.float32 and torch.isfinite(out.loss)
+    out.loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in [*m.backbone.parameters(), *m.heads.parameters()])
+    assert all(m.queue[n].dtype == torch.float32 and torch.isfinite(m.queue[n]).all() for n in m.queue.names)
+
+
+def test_effective_settings_report_the_capped_queue_and_topk():
+    # the cap: the largest power of two <= N / 4, at least 16; top-k at most the queue length
+    assert _dclr(dataset_size=64).effective_settings() == {"queue_size": 16, "topk": 5}  # 64 / 4 = 16
+    assert _dclr(dataset_size=1000).effective_settings() == {"queue_size": 128, "topk": 5}  # 250 -> 128
+    assert _dclr(dataset_size=64, topk=40).effective_settings() == {"queue_size": 16, "topk": 16}
+    assert _dclr(dataset_size=9537).effective_settings()["queue_size"] == 2048  # UCF101, as the README
+
+
+def test_official_key_maps_reweight_each_key_with_the_maps_of_the_clip_shuffled_into_its_row():
+    # builder.py: maps of the unshuffled key clip (l. 411) re-weight the shuffled key batch (l. 420-421)
+    aligned_m, official_m = _dclr(queue_size=16), _dclr(queue_size=16, official_key_maps=True)
+    views = aligned_m.view_stack(_batch(b=8, seed=4)["rgb"], 1)
+    torch.manual_seed(11)
+    perm = torch.randperm(8)  # the draw the released pass makes after this seed: row i holds video perm[i]
+    assert not torch.equal(perm, torch.arange(8))
+    torch.manual_seed(11)
+    with torch.no_grad():
+        official = official_m.keys(views)
+        aligned = aligned_m.keys(views)
+        maps = aligned_m._layer4(aligned_m.key_backbone, views)
+        w = aligned_m._weights(maps)
+        inv = torch.argsort(perm)  # video j sits in shuffled row inv[j] and gets video inv[j]'s maps
+        expected = aligned_m._embed(aligned_m.key_heads, maps, {v: w[v][inv] for v in ("s", "d")})
+    for n in ("vv", "sv", "dv"):  # no re-weighting: the same as the aligned pass (BN sees the same batch)
+        torch.testing.assert_close(official[n], aligned[n], rtol=1e-4, atol=1e-5)
+    for n in ("vs", "vd"):
+        torch.testing.assert_close(official[n], expected[n], rtol=1e-4, atol=1e-5)
+        moved = inv != torch.arange(8)
+        assert not torch.allclose(official[n][moved], aligned[n][moved], rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="official_key_maps"):
+        DCLR.Config(official_key_maps=True, reweight=False)
+    with pytest.raises(ValueError, match="official_key_maps"):
+        DCLR.Config(official_key_maps=1)

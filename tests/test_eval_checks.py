@@ -13,6 +13,7 @@ from mlflow.tracking import MlflowClient
 
 from backbones import create_backbone
 from harness.cli import main
+from harness.data.encoder_input import EncoderTraining
 from harness.train import CHECKPOINT, load_checkpoint, save_checkpoint
 from tests.helpers import truncate, write_ucf_like
 
@@ -97,7 +98,8 @@ def test_a_suite_refuses_k_larger_than_the_gallery_before_any_run(suite, ucf, tm
 def test_eval_refuses_k_larger_than_the_gallery_before_extracting(ucf, tmp_path, capsys):
     encoder = tmp_path / "enc" / "encoder.pt"
     encoder.parent.mkdir()
-    save_checkpoint(encoder, {"backbone": "r3d_tiny", "backbone_args": {}, "state_dict": create_backbone("r3d_tiny").state_dict()})
+    save_checkpoint(encoder, {"backbone": "r3d_tiny", "backbone_args": {}, "training": EncoderTraining().to_dict(),
+                              "state_dict": create_backbone("r3d_tiny").state_dict()})
     small = ["--protocols", "knn", "--device", "cpu", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", "--set", "workers=0",
              "--set", "features.clips=1", "--set", "features.frames=4", "--set", "features.resize=[32,64]", "--set", "features.crop=32"]
     assert main(["eval", str(encoder), "--data", str(ucf), *small, "--set", "knn_k=5"]) == 2

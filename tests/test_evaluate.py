@@ -9,7 +9,7 @@ from mlflow.tracking import MlflowClient
 from backbones import create_backbone
 from evaluation.evaluate import EvalConfig, evaluate_encoder, protocol_tags
 from evaluation.finetune import run_finetune
-from evaluation.protocols import FeatureProtocol, FinetuneProtocol, KNNProtocol, LinearProtocol, RetrievalProtocol
+from evaluation.protocols import EncoderTraining, FeatureProtocol, FinetuneProtocol, KNNProtocol, LinearProtocol, RetrievalProtocol
 from harness.cli import main
 from harness.config import DataConfig, PretrainConfig
 from harness.data.synthetic import PRESETS, generate_motionshapes
@@ -52,8 +52,9 @@ def _encoder():
 
 def test_every_protocol_runs_on_one_encoder_and_is_deterministic(motionshapes_tiny, tmp_path):
     data = DataConfig(path=str(motionshapes_tiny), workers=0)
-    a = evaluate_encoder(_encoder(), data=data, config=SMALL_EVAL, device=torch.device("cpu"), examples_path=tmp_path / "ex.png")
-    b = evaluate_encoder(_encoder(), data=data, config=SMALL_EVAL, device=torch.device("cpu"))
+    a = evaluate_encoder(_encoder(), data=data, config=SMALL_EVAL, device=torch.device("cpu"), examples_path=tmp_path / "ex.png",
+                         trained=EncoderTraining())
+    b = evaluate_encoder(_encoder(), data=data, config=SMALL_EVAL, device=torch.device("cpu"), trained=EncoderTraining())
     assert a == b
     assert (tmp_path / "ex.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the retrieval example grid
     expected = {"eval/retrieval/R1", "eval/retrieval/R5", "eval/retrieval/R10", "eval/linear/top1", "eval/linear/mean_class_acc",
@@ -69,7 +70,8 @@ def test_static_bias_gap_on_scene_biased_motionshapes(tmp_path):
     config = dataclasses.replace(PRESETS["tiny"], scene_bias=1.0, groups=4)
     root = generate_motionshapes(tmp_path / "biased", config, workers=2, progress=False)
     metrics = evaluate_encoder(_encoder(), data=DataConfig(path=str(root), workers=0),
-                               config=dataclasses.replace(SMALL_EVAL, protocols=["knn"]), device=torch.device("cpu"))
+                               config=dataclasses.replace(SMALL_EVAL, protocols=["knn"]), device=torch.device("cpu"),
+                               trained=EncoderTraining())
     assert "eval/probe/bias_gap" in metrics and -1.0 <= metrics["eval/probe/bias_gap"] <= 1.0
 
 

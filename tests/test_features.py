@@ -32,7 +32,7 @@ from harness.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from harness.data.video import CorruptVideo
 from tests.helpers import free_port, truncate
 
-P = FeatureProtocol(clips=3, frames=4, stride=1, resize=(32, 43), crop=32)
+P = FeatureProtocol(clips=3, frames=4, stride=1, resize=(32, 43), crop=32, modality="rgb", normalize_input=True, value_range=(0.0, 1.0))
 WORLD = 2
 
 

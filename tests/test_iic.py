@@ -287,3 +287,43 @@ def test_ddp_two_process_step_keeps_banks_identical(tmp_path):
     assert math.isfinite(r["loss"])
     # every video of the global batch (both ranks' indices) was written into the banks
     assert r["changed"].tolist() == sorted(r["index"].tolist())
+
+
+# ------------------------------------------------------------------ precision under autocast, effective settings
+
+
+def test_bank_logits_are_float32_under_bf16_autocast():
+    # IIC's query is the raw post-ReLU feature (norm ~20 on R3D); bank rows are unit norm
+    g = torch.Generator().manual_seed(0)
+    query = 20 * F.normalize(torch.randn(8, 128, generator=g), dim=1)
+    other = F.normalize(torch.randn(8, 33, 128, generator=g), dim=2)
+    neg = F.normalize(torch.randn(8, 33, 128, generator=g), dim=2)
+    T, tol = 0.07, 1e-5
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = iic_logits(query, other, neg, T)
+    # IIC / CMC (NCEAverage, softmax path): [M_other[idx] . q, M_neg[idx] . q] / T, in float64
+    rows = torch.cat([other, neg], dim=1).double()
+    ref = torch.einsum("bkd,bd->bk", rows, query.double()) / T
+    assert logits.dtype == torch.float32
+    torch.testing.assert_close(logits.double(), ref, rtol=tol, atol=tol * ref.abs().max().item())
+    # the failure mode this guards: the same product in bf16 is off by far more
+    plain = torch.einsum("bkd,bd->bk", rows.bfloat16(), query.bfloat16()).double() / T
+    assert (plain - ref).abs().max() > 100 * tol * ref.abs().max()
+
+
+def test_training_step_runs_under_cpu_bf16_autocast():
+    m = _iic(nce_k=8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = m(_batch(), TrainState())
+    assert out.loss.dtype == torch.float32 and torch.isfinite(out.loss)
+    out.loss.backward()
+    grads = [p.grad for p in m.backbone.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert all(b.bank.dtype == torch.float32 and torch.isfinite(b.bank).all() for b in (m.bank_rgb, m.bank_view2, m.bank_neg))
+
+
+def test_effective_settings_report_k_capped_at_n_minus_1():
+    # the documented cap: K = min(nce_k, N - 1) with N the training videos
+    assert _iic(dataset_size=10).effective_settings() == {"nce_k": 9}
+    assert _iic(dataset_size=10, nce_k=4).effective_settings() == {"nce_k": 4}
+    assert _iic(dataset_size=9537, nce_k=1024, frames=4).effective_settings() == {"nce_k": 1024}  # UCF101: kept

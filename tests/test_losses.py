@@ -460,3 +460,60 @@ def test_capped_queue_size_keeps_paper_sizes_and_shrinks_for_small_data():
     assert capped_queue_size(2048, 9537) == 2048  # DCLR on UCF101 (2048 <= 2^11 <= 9537 / 4)
     assert capped_queue_size(65536, 9537) == 2048 and capped_queue_size(65536, 9537, videos_per_slot=1) == 8192
     assert capped_queue_size(1024, 100, videos_per_slot=2) == 32 and capped_queue_size(1024, 10) == 16  # floor 16
+
+
+# ------------------------------------------------------------------------ fp32 under autocast
+
+TOL = 1e-5  # relative: float32 products of norm-20 vectors against a float64 reference
+
+
+def norm20(*shape: int, seed: int) -> torch.Tensor:
+    """Float32 rows of norm 20 (the feature norm at which bf16 logits were measured off by 0.17)."""
+    return 20 * F.normalize(torch.randn(*shape, generator=torch.Generator().manual_seed(seed)), dim=-1)
+
+
+def assert_fp32_close(out: torch.Tensor, ref: torch.Tensor) -> None:
+    """``out`` is float32 and within TOL of the float64 ``ref`` (relative, and relative to its largest entry)."""
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out.double(), ref, rtol=TOL, atol=TOL * ref.abs().max().item())
+
+
+def bf16_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Largest error of the plain bf16 product ``a @ b.T`` against float64, relative to the largest entry."""
+    ref = a.double() @ b.double().t()
+    return ((a.bfloat16() @ b.bfloat16().t()).double() - ref).abs().max().item() / ref.abs().max().item()
+
+
+def test_fp32_helpers_are_float32_under_bf16_autocast_and_keep_gradients():
+    from methods.losses import fp32_einsum, fp32_matmul
+
+    a, b = norm20(8, 128, seed=0).requires_grad_(), norm20(64, 128, seed=1)
+    assert bf16_error(a.detach(), b) > 100 * TOL  # the failure mode: a bf16 product is off by far more
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert (a @ b.t()).dtype == torch.bfloat16  # what autocast does to a plain product
+        mm = fp32_matmul(a, b.t())
+        es = fp32_einsum("nc,kc->nk", a, b)
+        from_bf16 = fp32_matmul(a.bfloat16(), b.t())  # a bf16 operand is upcast, the result float32
+    ref = a.detach().double() @ b.double().t()
+    assert_fp32_close(mm, ref)
+    assert_fp32_close(es, ref)
+    assert from_bf16.dtype == torch.float32
+    mm.sum().backward()
+    torch.testing.assert_close(a.grad, b.sum(0).expand(8, -1), rtol=1e-5, atol=1e-4)  # d(sum a b^T)/da
+
+
+def test_moco_logits_and_info_nce_are_float32_under_bf16_autocast():
+    T = 0.07
+    q, k, queue = norm20(8, 128, seed=0), norm20(8, 128, seed=1), norm20(256, 128, seed=2)
+    assert bf16_error(q, queue) > 100 * TOL
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, _ = moco_logits(q, k, queue, T)
+        nce = info_nce(q, torch.cat([k, queue]), temperature=1.0)
+    # MoCo (He et al. 2020, Algorithm 1): [q . k+, q . queue^T] / T, in float64
+    qd, kd, Qd = q.double(), k.double(), queue.double()
+    ref = torch.cat([(qd * kd).sum(1, keepdim=True), qd @ Qd.t()], dim=1) / T
+    assert_fp32_close(logits, ref)
+    # InfoNCE (CPC Eq. 4): mean_i -log softmax(q_i . keys^T)_i, in float64
+    all_logits = qd @ torch.cat([kd, Qd]).t()
+    ref_nce = (torch.logsumexp(all_logits, dim=1) - all_logits.diagonal()).mean()
+    assert nce.dtype == torch.float32 and nce.item() == pytest.approx(ref_nce.item(), rel=TOL)

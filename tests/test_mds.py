@@ -9,7 +9,7 @@ import pytest
 
 from harness.data.mds import (
     MDS_NAME,
-    _snap,
+    MDS_VERSION,
     _sobel,
     attention_map,
     choose_starts,
@@ -19,6 +19,8 @@ from harness.data.mds import (
     load_mds,
     mds_clips,
     motion_map,
+    snap_nearest,
+    snap_official,
     video_chosen_starts,
 )
 from harness.data.modalities import dequantize_flow, quantize_flow, read_flow
@@ -129,9 +131,23 @@ def test_a_missing_mds_file_names_the_file_and_the_command(tmp_path):
 # ------------------------------------------------------------------ the sampler
 
 
-def test_key_snaps_to_the_nearest_chosen_start_scanning_from_zero():
-    chosen = np.array([10, 20])
-    assert [_snap(t, chosen) for t in (-3, 2, 5, 6, 15, 16, 40)] == [0, 0, 0, 10, 10, 20, 20]
+def test_official_key_snap_scans_from_zero_and_is_not_the_nearest_start():
+    # MSCL's loading_mscl.py: pick = 0; for c in chosen (ascending): pick = c if |c - t| < |c - pick|
+    # t = 12 over [3, 4, 5, 30, 31]: 3: 9 < 3 no; 4: 8 < 4 no; 5: 7 < 5 no; 30: 18 < 30 yes; 31: 19 < 1 no -> 30
+    assert snap_official(12, [3, 4, 5, 30, 31]) == 30 and snap_nearest(12, [3, 4, 5, 30, 31]) == 5
+    # t = 50 over [20, 21, 22]: 30 < 20, 29 < 21, 28 < 22 all false -> the pick stays 0
+    assert snap_official(50, [20, 21, 22]) == 0 and snap_nearest(50, [20, 21, 22]) == 22
+    # over [10, 20] (c replaces p exactly when p < t < 2c - p):
+    #   t = -3: 13 < 10 no, 23 < 20 no -> 0      t = 2: 8 < 10 -> 10, 18 < 10 no -> 10
+    #   t = 5: 5 < 10 -> 10, 15 < 10 no -> 10    t = 6: 4 < 10 -> 10, 14 < 10 no -> 10
+    #   t = 15: 5 < 10 -> 10, 5 < 10 -> 20      t = 16: 6 < 10 -> 10, 4 < 10 -> 20
+    #   t = 30: 20 < 10 no, 10 < 20 -> 20        t = 40: 30 < 10 no, 20 < 20 no -> 0
+    targets = (-3, 2, 5, 6, 15, 16, 30, 40)
+    assert [snap_official(t, [10, 20]) for t in targets] == [0, 10, 10, 10, 20, 20, 20, 0]
+    # nearest of [0, 10, 20], the earlier on ties (5 -> 0, 15 -> 10)
+    assert [snap_nearest(t, [10, 20]) for t in targets] == [0, 0, 0, 10, 10, 20, 20, 20]
+    assert snap_official(20, [10, 20]) == 20 and snap_official(10, [10, 20]) == 10  # a chosen target stays
+    assert snap_official(7, []) == 0 and snap_nearest(7, []) == 0
 
 
 def test_sampler_puts_the_query_on_chosen_starts_with_the_originals_retry_rule():
@@ -149,7 +165,7 @@ def test_sampler_puts_the_query_on_chosen_starts_with_the_originals_retry_rule()
     # 11 uniform draws over the 93 legal starts, else chosen[0]: P(10) = 1/3 p + (1 - p), p = 1 - (90/93)^11
     p = 1 - (90 / 93) ** 11
     assert abs(queries.count(10) / 400 - (p / 3 + 1 - p)) < 0.08
-    # key: query + U{-8..8} snapped to the nearest of [0, 10, 20, 30]
+    # key: query + U{-8..8} snapped by the original's scan; from [q - 8, q + 8] it lands within 10 of q
     assert set(keys) <= {0, 10, 20, 30} and all(abs(k - q) <= 10 for q, k in zip(queries, keys))
     assert any(k != q for q, k in zip(queries, keys))
 
@@ -165,7 +181,8 @@ def test_sampler_fallback_first_chosen_start_loops_and_empty_list_is_random():
 
 
 def test_registered_sampler_reads_mds_json_by_video_key(tmp_path):
-    (tmp_path / MDS_NAME).write_text(json.dumps({"videos": {"v_a": {"num_frames": 100, "chosen": [40]},
+    (tmp_path / MDS_NAME).write_text(json.dumps({"version": MDS_VERSION,
+                                                 "videos": {"v_a": {"num_frames": 100, "chosen": [40]},
                                                             "v_b": {"num_frames": 100, "chosen": [4]}}}))
     videos = SimpleNamespace(records=[SimpleNamespace(path=f"/d/{k}.avi", ok=True) for k in ("v_a", "v_b")])
     sampler = build_sampler("mds", videos, SimpleNamespace(flow_root=str(tmp_path)))
@@ -175,3 +192,71 @@ def test_registered_sampler_reads_mds_json_by_video_key(tmp_path):
     videos.records.append(SimpleNamespace(path="/d/v_c.avi", ok=True))
     with pytest.raises(ValueError, match="v_c"):
         build_sampler("mds", videos, SimpleNamespace(flow_root=str(tmp_path)))
+
+
+def _replayed_shift(seed: int, room: int, query: int, shift: int) -> int:
+    """The key shift that ``mds_clips`` draws from ``default_rng(seed)`` when ``query`` is the only
+    drawable chosen start: up to 11 draws in [0, room) until one is ``query``, then U{-shift..shift}."""
+    rng = np.random.default_rng(seed)
+    for _ in range(11):
+        if int(rng.integers(0, room)) == query:
+            break
+    return int(rng.integers(-shift, shift + 1))
+
+
+def test_sampler_end_to_end_snaps_the_key_by_the_chosen_rule():
+    # 100 frames, 4 frames 2 apart: room 93 legal starts, so 95 is never drawn and the query is
+    # always 60 (drawn, or the fallback chosen[0]); the key target is 60 + U{-8..8}.
+    # official: 60 replaces 0 (0 < t < 120), then 95 replaces 60 when 60 < t < 130, i.e. shift > 0
+    # nearest: 60 for every target in [52, 68]
+    spec = ClipSpec(frames=4, stride=2, clips=2)
+    keys = set()
+    for seed in range(40):
+        official = mds_clips(100, [60, 95], spec, np.random.default_rng(seed))
+        nearest = mds_clips(100, [60, 95], spec, np.random.default_rng(seed), key_snap="nearest")
+        assert official[0].tolist() == nearest[0].tolist() == [60, 62, 64, 66]
+        shift = _replayed_shift(seed, 93, 60, 8)
+        assert official[1].tolist() == ([95, 97, 99, 1] if shift > 0 else [60, 62, 64, 66]), (seed, shift)
+        assert nearest[1].tolist() == [60, 62, 64, 66]
+        keys.add(int(official[1, 0]))
+    assert keys == {60, 95}
+    with pytest.raises(ValueError, match="key_snap must be one of official, nearest"):
+        mds_clips(100, [60], spec, np.random.default_rng(0), key_snap="closest")
+
+
+def test_mds_and_mds_nearest_samplers_share_draws_and_differ_only_in_the_key(tmp_path):
+    (tmp_path / MDS_NAME).write_text(json.dumps({"version": MDS_VERSION, "videos": {"v_a": {"num_frames": 100, "chosen": [60, 95]}}}))
+    videos = SimpleNamespace(records=[SimpleNamespace(path="/d/v_a.avi", ok=True)])
+    request = SimpleNamespace(flow_root=str(tmp_path))
+    assert {"mds", "mds_nearest"} <= set(list_samplers())
+    official, nearest = build_sampler("mds", videos, request), build_sampler("mds_nearest", videos, request)
+    spec = ClipSpec(frames=4, stride=2, clips=2)
+    a = [official(0, 100, spec, np.random.default_rng(s)) for s in range(40)]
+    b = [nearest(0, 100, spec, np.random.default_rng(s)) for s in range(40)]
+    assert all(x[0, 0] == y[0, 0] == 60 for x, y in zip(a, b))
+    assert {int(x[1, 0]) for x in a} == {60, 95} and {int(y[1, 0]) for y in b} == {60}
+
+
+def test_an_mds_file_of_another_version_is_refused_with_the_command(tmp_path):
+    # version 1 files were scored with the wrong yellow -> green colours: their chosen starts are stale
+    (tmp_path / MDS_NAME).write_text(json.dumps({"version": 1, "videos": {"v_a": {"num_frames": 100, "chosen": [40]}}}))
+    videos = SimpleNamespace(records=[SimpleNamespace(path="/d/v_a.avi", ok=True)])
+    for name in ("mds", "mds_nearest"):
+        with pytest.raises(ValueError, match=r"mds\.json has version 1.*recompute it with `vsbench data mds"):
+            build_sampler(name, videos, SimpleNamespace(flow_root=str(tmp_path)))
+
+
+def test_mscl_key_snap_picks_the_sampler_and_is_validated():
+    import methods.mscl  # also registers "mscl"
+    from backbones import create_backbone
+    from methods.base import create_method
+
+    def sampler(**overrides):
+        overrides = {"frames": 4, "crop": 32, **overrides}
+        return create_method("mscl", create_backbone("r3d_tiny"), dataset_size=16, overrides=overrides).data_spec().sampler
+
+    assert methods.mscl.MSCL.Config().key_snap == "official"
+    assert sampler() == "mds" and sampler(key_snap="nearest") == "mds_nearest"
+    assert sampler(key_snap="nearest", mds=False) is None
+    with pytest.raises(ValueError, match="key_snap must be one of official, nearest, got 'closest'"):
+        methods.mscl.MSCL.Config(key_snap="closest")

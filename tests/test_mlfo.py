@@ -88,6 +88,12 @@ def test_data_spec_is_three_overview_clips_with_per_frame_colour():
     assert per_clip.augment.grey_mode == "luma" and per_clip.decode_size == (43, 57)
 
 
+def test_data_spec_greys_before_the_jitter_as_train_py_composes_them():
+    # train.py: Compose([RandomSizedCrop, RandomHorizontalFlip, RandomGray, ColorJitter, ToTensor, Normalize])
+    assert MLFO(MLFO.Config(), create_backbone("r3d_tiny"), dataset_size=64).data_spec().augment.grey_before_jitter
+    assert _mlfo(per_frame_colour=False, grey_mode="luma").data_spec().augment.grey_before_jitter
+
+
 # ------------------------------------------------------------------ Sinkhorn codes
 
 
@@ -429,3 +435,89 @@ def test_two_training_steps_through_the_harness(motionshapes_tiny, tmp_path):
     assert seen[0][2] == ALL_PARTS - {"graph"} and seen[1][2] == ALL_PARTS
     assert not torch.allclose(run.method.prototypes.weight, w0)  # trained in epoch 1 only
     torch.testing.assert_close(run.method.prototypes.weight.norm(dim=1), torch.ones(200))
+
+
+# ------------------------------------------------------------------ precision under autocast, effective settings
+
+TOL = 1e-5  # relative, float32 against a float64 reference
+
+
+def _unit(*shape: int, seed: int, norm: float = 1.0) -> torch.Tensor:
+    return norm * F.normalize(torch.randn(*shape, generator=torch.Generator().manual_seed(seed)), dim=-1)
+
+
+def _close(out: torch.Tensor, ref: torch.Tensor) -> None:
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out.double(), ref, rtol=TOL, atol=TOL * ref.abs().max().item())
+
+
+def _bf16_off(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Largest error of a plain bf16 product ``a @ b.T``, relative to the product's largest entry."""
+    ref = a.double() @ b.double().t()
+    return ((a.bfloat16() @ b.bfloat16().t()).double() - ref).abs().max().item() / ref.abs().max().item()
+
+
+def test_similarities_and_logits_are_float32_under_bf16_autocast():
+    from methods.mlfo import instance_graph, prototype_logits
+
+    T = 0.07
+    z = _unit(8, 2, 128, seed=0, norm=20)  # global batch (N, clips, D) of norm 20
+    extra = _unit(4, 2, 128, seed=1, norm=20)
+    fine = _unit(4, 3, 4, 128, seed=2, norm=20).transpose(2, 3)  # (B, 3, D, t=4)
+    unit = _unit(8, 2, 128, seed=3)  # the graph's unit-norm embeddings (a norm-20 softmax would be one-hot)
+    target = torch.softmax(torch.randn(4, 8, generator=torch.Generator().manual_seed(4)), dim=1)
+    protos = _unit(200, 128, seed=5)
+    assert _bf16_off(z[:, 0], z[:, 1]) > 100 * TOL  # the failure mode, on the same inputs
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        contrast, _ = instance_contrast(z[:4], z, 0, T, extra_negatives=extra)
+        l2g, g2l = alignment_logits(fine, T)
+        graph = instance_graph(unit, T)
+        g_loss = graph_loss(unit[:4], unit, target, T, mean_over_batch=False)
+        p_logits = prototype_logits(unit[:, 0], protos)
+    zd, ed, ud, td = z.double(), extra.double(), unit.double(), target.double()
+    # instance / motion contrast (Sec. 3.2-3.3): -log(sum_pos e^{s/T} / (sum_pos + sum_neg)), mean over anchors
+    ref = 0.0
+    for i in range(4):
+        for a in range(2):
+            q = zd[i, a]
+            pos = (q @ zd[i, 1 - a]) / T
+            neg = torch.cat([zd[j, c] for j in range(8) if j != i for c in range(2)] + [ed[i, 0], ed[i, 1]])
+            s = torch.cat([pos.view(1), neg.view(-1, 128) @ q / T])
+            ref += (torch.logsumexp(s, 0) - pos) / 8
+    assert contrast.dtype == torch.float32 and contrast.item() == pytest.approx(ref.item(), rel=TOL)
+    # timestamp alignment: [A|B] pooled to t/2 each, <[A|B]_m, G_k> / T with unit channels
+    fd = fine.double()
+    ab = F.normalize(torch.cat([fd[:, 0].unflatten(2, (2, 2)).mean(3), fd[:, 1].unflatten(2, (2, 2)).mean(3)], 2), dim=1)
+    gg = F.normalize(fd[:, 2], dim=1)
+    _close(l2g, ab.transpose(1, 2) @ gg / T)
+    _close(g2l, gg.transpose(1, 2) @ ab / T)
+    # instance graph softmax(Z_A Z_B^T / T) and the graph loss -sum_j C_ij log softmax(g_A G_B^T / T)_ij
+    _close(graph, torch.softmax(ud[:, 0] @ ud[:, 1].t() / T, dim=1))
+    ref_g = -(td * torch.log_softmax(ud[:4, 0] @ ud[:, 1].t() / T, dim=1)).sum(1).mean()
+    assert g_loss.dtype == torch.float32 and g_loss.item() == pytest.approx(ref_g.item(), rel=TOL)
+    # prototype scores z . c_k (SwAV's prototype layer)
+    _close(p_logits, ud[:, 0] @ protos.double().t())
+
+
+def test_training_step_runs_under_cpu_bf16_autocast():
+    m = _mlfo()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = m(_batch(), LATE)  # every term on: graph and queue active
+    assert set(_loss_parts(out)) == ALL_PARTS
+    assert out.loss.dtype == torch.float32 and torch.isfinite(out.loss)
+    out.loss.backward()
+    assert all(p.grad is None or torch.isfinite(p.grad).all() for p in m.parameters())
+    assert m.prototypes.weight.grad is not None
+    assert m.proto_queue.dtype == torch.float32 and torch.isfinite(m.proto_queue).all()
+
+
+def test_effective_settings_report_the_capped_queue_and_me_widths():
+    # queue: the largest power of two <= N / 2, at least 16; ME width max(1, C // me_reduction)
+    ch = create_backbone("r3d_tiny").stage_channels
+    assert (ch["layer2"], ch["layer3"]) == (32, 64)
+    assert _mlfo(dataset_size=48).effective_settings() == {
+        "proto_queue_size": 16, "me_low_channels": 2, "me_mid_channels": 4}  # 24 -> 16; 32 // 16, 64 // 16
+    assert _mlfo(dataset_size=300).effective_settings()["proto_queue_size"] == 128  # 150 -> 128
+    assert _mlfo(dataset_size=9537).effective_settings()["proto_queue_size"] == 1024  # UCF101: kept
+    wide = _mlfo(me_reduction=64).effective_settings()  # 32 // 64 = 0 and 64 // 64 = 1: floored at 1
+    assert (wide["me_low_channels"], wide["me_mid_channels"]) == (1, 1)

@@ -80,6 +80,28 @@ def test_data_spec_two_clips_rgb_and_flow_unnegated_flip_and_the_mds_sampler():
     assert _mscl(mds=False).data_spec().sampler is None
 
 
+def test_blur_draws_one_sigma_for_the_query_clips_and_one_for_the_key_clips():
+    # ssl_aug.py's GaussianBlur draws one sigma per call; ssl_aug_v2.py calls it once on the q batch
+    # and once on the k batch. Checked through the harness's DeviceAugment (its (B, clips) layout).
+    import dataclasses
+
+    from harness.train import DeviceAugment
+
+    spec = _mscl().data_spec()
+    assert (spec.augment.blur_sigma_per, spec.augment.blur_sigma_groups) == ("batch", spec.clips)
+    identity = dataclasses.replace(spec.augment, scale=(1.0, 1.0), ratio=(1.0, 1.0), flip_p=0.0, jitter_p=0.0,
+                                   grey_p=0.0, blur_p=1.0, normalize=False)
+    augment = DeviceAugment(dataclasses.replace(spec, augment=identity), torch.device("cpu"), seed=3, channels_last=False)
+    rgb = torch.zeros(5, 2, 1, 32, 32, 3, dtype=torch.uint8)
+    rgb[:, :, :, 16, 16] = 255  # a delta: its blurred neighbour ratio is exp(-1 / (2 sigma^2))
+    out = augment({"rgb": rgb, "flow": torch.full((5, 2, 1, 32, 32, 2), 128, dtype=torch.uint8)})["rgb"]
+    ratio = out[:, :, 0, 0, 16, 17].double() / out[:, :, 0, 0, 16, 16].double()  # (B, clips)
+    sigma = torch.sqrt(-0.5 / torch.log(ratio))
+    assert ((sigma >= 0.1 - 1e-4) & (sigma <= 2.0 + 1e-4)).all()
+    torch.testing.assert_close(sigma, sigma[:1].expand(5, 2), atol=1e-4, rtol=0)  # one per clip slot
+    assert abs(float(sigma[0, 0] - sigma[0, 1])) > 1e-3  # q and k independent
+
+
 # ------------------------------------------------------------------ flow images: rotation, colour coding
 
 
@@ -116,6 +138,48 @@ def test_middlebury_colours_of_known_flows():
                 [255, 127, 127]]   # right at half length: 1 - 0.5 (1 - red), floored
     torch.testing.assert_close(col[:, 0].t(), torch.tensor(expected, dtype=torch.float32), atol=1e-3, rtol=0)
 
+
+# RAFT's make_colorwheel (the Middlebury wheel), worked out by hand: red -> yellow (15 entries)
+# has G = floor(255 i / 15) = 17 i; yellow -> green (6 entries) has R = 255 - floor(255 i / 6)
+# (255 i / 6 = 0, 42.5, 85, 127.5, 170, 212.5 -> R = 255, 213, 170, 128, 85, 43) and G = 255.
+_RAFT_WHEEL_ROWS = {3: (255, 51, 0), 4: (255, 68, 0), 7: (255, 119, 0), 8: (255, 136, 0),
+                    11: (255, 187, 0), 12: (255, 204, 0), 13: (255, 221, 0), 14: (255, 238, 0),
+                    15: (255, 255, 0), 16: (213, 255, 0), 17: (170, 255, 0), 18: (128, 255, 0),
+                    19: (85, 255, 0), 20: (43, 255, 0), 21: (0, 255, 0)}
+
+
+def _raft_colour(degrees: float, radius: float) -> list[float]:
+    """The 0..255 colour of a flow vector at ``degrees`` (image coordinates, +v down) of length
+    ``radius`` < 1: wheel position ``degrees / 360 * 54``, linear interpolation between the two
+    neighbouring hand-written rows, then desaturation ``255 - radius (255 - c)``."""
+    fk = degrees / 360 * 54
+    k0 = math.floor(fk)
+    f = fk - k0
+    mixed = [(1 - f) * a + f * b for a, b in zip(_RAFT_WHEEL_ROWS[k0], _RAFT_WHEEL_ROWS[k0 + 1])]
+    return [255 - radius * (255 - c) for c in mixed]
+
+
+def test_yellow_to_green_segment_lowers_red_as_in_raft():
+    wheel = flow_colorwheel()
+    assert wheel[15:22].tolist() == [[255, 255, 0], [213, 255, 0], [170, 255, 0], [128, 255, 0],
+                                     [85, 255, 0], [43, 255, 0], [0, 255, 0]]
+    for i, rgb in _RAFT_WHEEL_ROWS.items():
+        assert wheel[i].tolist() == list(rgb), i
+
+
+def test_flows_between_100_and_140_degrees_get_the_raft_colours():
+    radius = 0.99  # inside the unit circle, away from the r <= 1 switch to darkening
+    angles = [105.0, 110.0, 120.0, 130.0]
+    lookalikes = [87.5, 75.0, 50.0, 25.0]  # where the old wheel (G falling in yellow -> green) repeated these colours
+    rad = torch.tensor([math.radians(a) for a in angles + lookalikes], dtype=torch.float64)
+    u, v = (radius * torch.cos(rad)).view(1, -1), (radius * torch.sin(rad)).view(1, -1)  # +v is down
+    col = (flow_to_color(u, v, quantize=False) * 255)[:, 0].t()  # (8, 3)
+    expected = torch.tensor([_raft_colour(a, radius) for a in angles + lookalikes], dtype=torch.float32)
+    torch.testing.assert_close(col, expected, atol=0.02, rtol=0)
+    # e.g. 110 degrees: halfway between rows 16 and 17, R = 191.5 before desaturation; G stays 255
+    assert expected[1].tolist() == pytest.approx([255 - radius * (255 - 191.5), 255, 255 - radius * 255])
+    for i in range(4):
+        assert (col[i] - col[4 + i]).abs().max() > 30, (angles[i], lookalikes[i])
 
 def test_flow_images_normalise_each_frame_and_keep_static_frames_white():
     flow = torch.full((1, 2, 2, 4, 4), 0.5)  # (B, 2, T, H, W): u, v; zero motion is 0.5
@@ -378,3 +442,57 @@ def test_two_training_steps_through_the_harness_with_flow_and_mds(motionshapes_t
     assert run.info.status == "FINISHED"
     assert {f"train/{p}" for p in ALL_PARTS} <= run.data.metrics.keys()
     assert np.isfinite(run.data.metrics["train/loss"])
+
+
+# ------------------------------------------------------------------ precision under autocast, effective settings
+
+
+def test_lmcl_and_queue_logits_are_float32_under_bf16_autocast():
+    from methods.losses import moco_logits
+
+    g = torch.Generator().manual_seed(0)
+    rgb_map = 20 * torch.randn(2, 128, 4, 3, 3, generator=g)  # FPN level 0: (B, C, t, h, w)
+    flows = [20 * torch.randn(2, 128, 4, 2, 2, generator=g) for _ in range(2)]  # base and rotated flow layer4
+    q, k = (20 * F.normalize(torch.randn(4, 128, generator=g), dim=1) for _ in range(2))
+    m = _mscl(queue_size=16)
+    m.rgb_queue.age.fill_(1000)  # stale negatives: decayed to 0.99999^1000 of their length
+    queue = m.rgb_queue.decayed(0.99999)
+    T, tol = 0.07, 1e-5
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        lmcl = lmcl_logits(rgb_map, flows, T)
+        logits, _ = moco_logits(q, k, queue, T)
+    # LMCL: r_b[:, i] . F_b[:, j] / T with spatially averaged, channel-normalised time steps, in float64
+    r = F.normalize(rgb_map.double().mean(dim=(3, 4)), dim=1)
+    f = F.normalize(torch.cat([x.double().mean(dim=(3, 4)) for x in flows], dim=2), dim=1)
+    ref_lmcl = torch.einsum("bci,bcj->bij", r, f).flatten(0, 1) / T
+    # MoCo with the age-decayed queue: [q.k+, q.(queue * 0.99999^age)] / T
+    qd = q.double()
+    decayed = m.rgb_queue.queue.double() * 0.99999 ** 1000
+    ref_moco = torch.cat([(qd * k.double()).sum(1, keepdim=True), qd @ decayed.t()], dim=1) / T
+    for out, ref in ((lmcl, ref_lmcl), (logits, ref_moco)):
+        assert out.dtype == torch.float32
+        torch.testing.assert_close(out.double(), ref, rtol=tol, atol=tol * ref.abs().max().item())
+    # the failure mode: the same LMCL product in bf16 is off by far more
+    plain = torch.einsum("bci,bcj->bij", r.bfloat16(), f.bfloat16()).flatten(0, 1).double() / T
+    assert (plain - ref_lmcl).abs().max() > 100 * tol * ref_lmcl.abs().max()
+
+
+def test_training_step_runs_under_cpu_bf16_autocast():
+    m = _mscl(queue_size=16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = m(_batch(), _state())
+    assert set(out.parts) >= ALL_PARTS
+    assert out.loss.dtype == torch.float32 and torch.isfinite(out.loss)
+    out.loss.backward()
+    trainable = [p for p in m.parameters() if p.requires_grad]
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in trainable)
+    for queue in (m.rgb_queue, m.flow_queue):
+        assert queue.queue.dtype == torch.float32 and torch.isfinite(queue.queue).all()
+
+
+def test_effective_settings_report_both_capped_queues():
+    # the cap: the largest power of two <= N (one video per slot), at least 16
+    assert _mscl(dataset_size=100).effective_settings() == {"rgb_queue_size": 64, "flow_queue_size": 64}
+    assert _mscl(dataset_size=10).effective_settings() == {"rgb_queue_size": 16, "flow_queue_size": 16}
+    assert _mscl(dataset_size=9537).effective_settings() == {"rgb_queue_size": 8192, "flow_queue_size": 8192}  # UCF101
+    assert _mscl(dataset_size=100, queue_size=32).effective_settings()["rgb_queue_size"] == 32  # below the cap: kept

@@ -26,7 +26,7 @@ from harness.data.loader import ClipDataset, LoadRequest
 from harness.data.sampling import ClipSpec
 from harness.data.transforms import normalize
 
-P = FeatureProtocol(clips=3, frames=4, stride=1, resize=(32, 43), crop=32)
+P = FeatureProtocol(clips=3, frames=4, stride=1, resize=(32, 43), crop=32, modality="rgb", normalize_input=True, value_range=(0.0, 1.0))
 
 
 class TimeAverage(nn.Module):

@@ -91,16 +91,51 @@ def test_overview_rate_is_capped_by_the_video_length():
 def test_clips_with_static_repeat_one_frame_at_the_same_offset_of_two_different_windows():
     from harness.data.sampling import clips_with_static
 
-    spec = ClipSpec(frames=4, stride=2, clips=4)  # windows of 7 raw frames
+    spec = ClipSpec(frames=4, stride=2, clips=4)  # "span" windows of 7 raw frames
     offsets = set()
     for seed in range(40):
-        q, k, sq, sk = clips_with_static(30, spec, np.random.default_rng(seed))
+        q, k, sq, sk = clips_with_static(30, spec, np.random.default_rng(seed), window="span")
         assert q[0] != k[0]
         assert (np.diff(q) == 2).all() and (np.diff(k) == 2).all()
         assert len(set(sq)) == 1 and len(set(sk)) == 1
         assert sq[0] - q[0] == sk[0] - k[0]  # the same raw offset in both windows
         offsets.add(int(sq[0] - q[0]))
     assert offsets == set(range(7))  # any raw frame of the window, odd ones included
+
+
+def _static_starts_and_offsets(n: int, spec: ClipSpec, window: str, seeds: int) -> tuple[set[int], set[int]]:
+    """Every q/k start and static offset ``clips_with_static`` produced over ``seeds`` seeds."""
+    from harness.data.sampling import clips_with_static
+
+    starts, offsets = set(), set()
+    for seed in range(seeds):
+        q, k, sq, sk = clips_with_static(n, spec, np.random.default_rng(seed), window=window)
+        assert (np.diff(q) == spec.stride).all() and max(q.max(), k.max(), sq.max(), sk.max()) < n
+        starts |= {int(q[0]), int(k[0])}
+        offsets.add(int(sq[0] - q[0]))
+    return starts, offsets
+
+
+@pytest.mark.parametrize(("n", "frames", "seeds"), [(12, 4, 400), (40, 16, 2000)])
+def test_with_static_window_matches_dclr_videoclips_by_hand(n, frames, seeds):
+    # DCLR: VideoClips(frames * stride = L frames, step 1) on n frames has n - L + 1 clips, starts
+    # 0 .. n - L; static_idx = randint(0, L) is 0 .. L - 1. Stride 2: L = 8 (n=12: starts 0..4,
+    # offsets 0..7) and L = 32 (n=40: 9 = n - 31 starts 0..8, offsets 0..31).
+    spec = ClipSpec(frames=frames, stride=2, clips=4)
+    length = 2 * frames
+    assert _static_starts_and_offsets(n, spec, "full", seeds) == (set(range(n - length + 1)), set(range(length)))
+    # vsbench's earlier rule, still reachable: the window ends at the last sampled frame (L - 1).
+    assert _static_starts_and_offsets(n, spec, "span", seeds) == (set(range(n - length + 2)), set(range(length - 1)))
+
+
+def test_with_static_samplers_need_their_window_and_name_the_window_choices():
+    from harness.data.sampling import clips_with_static, frames_needed
+
+    spec = ClipSpec(frames=16, stride=2, clips=4)
+    assert frames_needed("with_static", spec) == 32  # DCLR drops videos without one 32-frame clip
+    assert frames_needed("with_static_span", spec) == 31
+    with pytest.raises(ValueError, match=r"window must be one of \('full', 'span'\), got 'nope'"):
+        clips_with_static(40, spec, np.random.default_rng(0), window="nope")
 
 
 def test_sampler_registry_names_valid_choices_and_checks_the_clip_count(motionshapes_tiny):

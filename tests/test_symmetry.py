@@ -9,7 +9,7 @@ import logging
 import pytest
 
 from evaluation.finetune import finetune_config
-from evaluation.protocols import FinetuneProtocol
+from evaluation.protocols import EncoderTraining, FinetuneProtocol, resolve
 from harness.config import DataConfig, PretrainConfig
 from harness.data.symmetry import SymmetryError, check_flip, read_symmetries
 from harness.data.synthetic import PRESETS, generate_motionshapes
@@ -92,7 +92,7 @@ def test_harness_refuses_a_flipping_supervised_run_before_training(v1_data, curr
 
 def test_finetune_protocol_flip_optimizer_and_stride_reach_the_run_and_the_hash():
     base = FinetuneProtocol(stride=2)
-    config = finetune_config(dataclasses.replace(base, flip=False, optimizer="adam"), backbone="r3d_tiny", data=DataConfig(path="x"),
+    config = finetune_config(resolve(dataclasses.replace(base, flip=False, optimizer="adam"), EncoderTraining()), backbone="r3d_tiny", data=DataConfig(path="x"),
                              num_classes=12, init_encoder=None, seed=0, device="cpu", output_dir="runs", run_name="ft")
     assert config.method_args["flip"] is False and config.method_args["stride"] == 2 and config.optimizer == "adam"
     hashes = {base.hash(), dataclasses.replace(base, flip=False).hash(), dataclasses.replace(base, optimizer="adam").hash(),

@@ -428,3 +428,91 @@ def test_per_frame_grey_decision_greys_some_frames_of_a_clip_only():
 def test_grey_mode_is_validated():
     with pytest.raises(ValueError, match="grey_mode must be one of"):
         AugmentConfig(grey_mode="average")
+
+
+# --------------------------------------------------------------------------- order of grey and jitter, blur sigma sharing
+
+
+def _grey_and_red_pixels(batch: int = 8) -> torch.Tensor:
+    """(B, 3, 1, 1, 2): pixel 0 grey 0.5 (its output reveals the brightness factor), pixel 1 (0.9, 0.1, 0.1)."""
+    x = torch.empty(batch, 3, 1, 1, 2)
+    x[..., 0] = 0.5
+    x[:, :, 0, 0, 1] = torch.tensor([0.9, 0.1, 0.1])
+    return x
+
+
+def test_grey_before_jitter_follows_each_order_by_hand():
+    # Brightness-only jitter (factor f ~ U(0.5, 1.5)) and grey p 1, weights 0.299/0.587/0.114:
+    #   grey first:   grey(0.9, 0.1, 0.1) = 0.2691 + 0.0587 + 0.0114 = 0.3392, then * f (never clamps)
+    #   jitter first: (min(0.9 f, 1), 0.1 f, 0.1 f), then grey = 0.299 min(0.9 f, 1) + 0.0701 f
+    # The two differ exactly where 0.9 f > 1, i.e. the red channel clamped before the grey.
+    x = _grey_and_red_pixels()
+    aug = _colour_only(size=(1, 2), jitter=(0.5, 0.0, 0.0, 0.0), grey_p=1.0)
+    first = aug.with_config(grey_before_jitter=True)(x, gen(7), CropParams.full(8))
+    last = aug(x, gen(7), CropParams.full(8))
+    f = first[:, 0, 0, 0, 0].double() / 0.5
+    torch.testing.assert_close(last[:, 0, 0, 0, 0].double() / 0.5, f)  # same draws whatever the order
+    by_hand_first = 0.3392 * f
+    by_hand_last = 0.299 * torch.clamp(0.9 * f, max=1.0) + 0.0701 * f
+    for c in range(3):
+        torch.testing.assert_close(first[:, c, 0, 0, 1].double(), by_hand_first, atol=1e-5, rtol=0)
+        torch.testing.assert_close(last[:, c, 0, 0, 1].double(), by_hand_last, atol=1e-5, rtol=0)
+    clamped = 0.9 * f > 1.0 + 1e-3
+    assert 0 < clamped.sum() < 8  # the seed gives both cases
+    assert ((by_hand_first - by_hand_last)[clamped] > 1e-3).all()
+
+
+@pytest.mark.parametrize("grey_mode", ["luma", "channel"])
+def test_jitter_after_grey_moves_the_grey_level_but_never_recolours(grey_mode):
+    x = _flat_clips()
+    aug = _colour_only(jitter=(0.4, 0.4, 0.4, 0.1), grey_p=1.0, grey_mode=grey_mode)
+    first = aug.with_config(grey_before_jitter=True)(x, gen(8), CropParams.full(4))
+    assert torch.equal(first[:, 0], first[:, 1]) and torch.equal(first[:, 1], first[:, 2])
+    greyed = aug.with_config(jitter_p=0.0)(x, gen(8), CropParams.full(4))  # the grey frames before jitter
+    assert (first - greyed).abs().amax(dim=(1, 2, 3, 4)).min() > 1e-3  # brightness/contrast moved every clip
+    assert (first - aug(x, gen(8), CropParams.full(4))).abs().amax() > 1e-3  # and the order matters
+
+
+def _blur_sigmas(out: torch.Tensor) -> torch.Tensor:
+    """Per-clip sigma of a blurred centred delta: the kernel ratio k(1) / k(0) = exp(-1 / (2 sigma^2))."""
+    c = out.shape[-1] // 2
+    ratio = out[:, 0, 0, c, c + 1].double() / out[:, 0, 0, c, c].double()
+    return torch.sqrt(-0.5 / torch.log(ratio))
+
+
+@pytest.mark.parametrize("generator_device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs CUDA"))])
+def test_blur_sigma_per_batch_shares_one_sigma_per_group_and_per_clip_does_not(generator_device):
+    x = torch.zeros(6, 3, 1, 11, 11, device=generator_device)
+    x[..., 5, 5] = 1.0
+    aug = _colour_only(size=(11, 11), jitter_p=0.0, blur_p=1.0, blur_sigma=(0.5, 2.0), blur_kernel=5)
+    g = lambda: torch.Generator(generator_device).manual_seed(9)  # noqa: E731
+    per_clip = _blur_sigmas(aug(x, g(), CropParams.full(6)))
+    per_batch = _blur_sigmas(aug.with_config(blur_sigma_per="batch")(x, g(), CropParams.full(6)))
+    per_slot = _blur_sigmas(aug.with_config(blur_sigma_per="batch", blur_sigma_groups=2)(x, g(), CropParams.full(6)))
+    assert ((per_clip >= 0.5 - 1e-4) & (per_clip <= 2.0 + 1e-4)).all()
+    assert (per_clip[:, None] - per_clip[None, :]).abs().add(torch.eye(6, dtype=torch.float64)).min() > 1e-3
+    # the same draws: "batch" uses the sigma drawn for clip 0 (group g: for clip g) everywhere
+    torch.testing.assert_close(per_batch, per_clip[:1].expand(6), atol=1e-4, rtol=0)
+    torch.testing.assert_close(per_slot, per_clip[:2].repeat(3), atol=1e-4, rtol=0)
+
+
+def test_blur_sigma_options_are_validated():
+    with pytest.raises(ValueError, match=r"blur_sigma_per must be one of \('clip', 'batch'\), got 'video'"):
+        AugmentConfig(blur_sigma_per="video")
+    with pytest.raises(ValueError, match="blur_sigma_groups must be >= 1, got 0"):
+        AugmentConfig(blur_sigma_groups=0)
+
+
+def test_order_and_shared_sigma_resume_from_the_generator_state():
+    x = torch.randint(0, 256, (4, 3, 12, 16, 3), dtype=torch.uint8, generator=gen(10))
+    aug = VideoAugment(SMALL).with_config(grey_before_jitter=True, grey_mode="channel", grey_per_frame=True,
+                                          jitter_per_frame=True, blur_sigma_per="batch", blur_sigma_groups=2)
+    g = gen(11)
+    aug(x, g)
+    state = g.get_state()
+    second = aug(x, g)
+    resumed = torch.Generator().manual_seed(0)
+    resumed.set_state(state)
+    assert torch.equal(aug(x, resumed), second)
+    assert not torch.equal(aug(x, gen(11)), second)

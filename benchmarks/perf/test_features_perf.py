@@ -26,7 +26,7 @@ from evaluation.protocols import FeatureProtocol
 from harness.data.datasets import VideoDataset, open_dataset
 from harness.data.synthetic import PRESETS, generate_motionshapes
 
-PROTOCOL = FeatureProtocol(stride=1)  # 10 clips x 16 frames, 128x171 -> 112
+PROTOCOL = FeatureProtocol(stride=1, modality="rgb", normalize_input=True, value_range=(0.0, 1.0))  # 10 clips x 16 frames, 128x171 -> 112
 
 
 @pytest.fixture(scope="module")

@@ -371,15 +371,19 @@ def load_hmdb51(
 ) -> VideoDataset:
     """HMDB51 from its official ``<class>_test_split<N>.txt`` files (1 = train, 2 = test, 0 = unused).
 
-    Classes are the sorted class names of the split files; videos live in ``<class>/<video>.avi``
+    Classes are the sorted class names of the split files (so ``climb`` is before ``climb_stairs``,
+    as torchvision's ``HMDB51`` numbers its class folders); videos live in ``<class>/<video>.avi``
     (or frame folders of the same name).
     """
     _check_split_subset(split, subset)
     ann, video_root = _locate(root, annotations, videos, ("testTrainMulti_7030_splits",), ("hmdb51_org",))
-    files = sorted(ann.glob(f"*_test_split{split}.txt"))
+    suffix = f"_test_split{split}.txt"
+    # Sort by class name, not by file name: "climb_stairs_test..." sorts before "climb_test..."
+    # ('_' < 't'), but the class "climb" comes before "climb_stairs".
+    files = sorted(ann.glob(f"*{suffix}"), key=lambda f: f.name[: -len(suffix)])
     if not files:
-        raise DatasetError(f"{ann}: no '<class>_test_split{split}.txt' files")
-    classes = [f.name[: -len(f"_test_split{split}.txt")] for f in files]
+        raise DatasetError(f"{ann}: no '<class>{suffix}' files")
+    classes = [f.name[: -len(suffix)] for f in files]
     wanted = {"train": {"train"}, "test": {"test"}, "all": {"train", "test"}}[subset]
     listed = [entry for cls, file in zip(classes, files) for entry in _hmdb_lines(file, cls, video_root)]
     _check_listed(listed)

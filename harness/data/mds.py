@@ -19,15 +19,21 @@ The shipped setting is ``weight_type=rgb_map``,
 (atomically) with the chosen starts per video key and the settings used. ``vsbench data mds``
 is the command.
 
-The ``"mds"`` training sampler (:func:`mds_clips`) reproduces MSCL's
-``TemporalShiftChosenSampleFrames(shift_range=1)``: clip 0 (the query) redraws a uniform random
-start up to 11 times until it is a chosen start, then falls back to the first chosen start, which
-is exactly the original's loop (not approximated by a uniform draw over the chosen starts: those
-are equal in distribution only when every chosen start is a legal random start and the fallback
-never fires). Clip 1 (the key) aims at ``query + U{-shift..shift}``, ``shift = frames * stride``,
-and snaps to the nearest chosen start, scanning from the candidate 0 as the original does (so a
-target nearer to frame 0 than to every chosen start snaps to 0; ties go to the earlier start).
-Indices past the end loop.
+The ``"mds"`` training sampler (:func:`mds_clips`) follows MSCL's
+``TemporalShiftChosenSampleFrames(shift_range=1)`` (``mmaction/datasets/pipelines/loading_mscl.py``):
+clip 0 (the query) redraws a uniform random start up to 11 times until it is a chosen start, then
+falls back to the first chosen start, which is exactly the original's loop (not approximated by a
+uniform draw over the chosen starts: those are equal in distribution only when every chosen start
+is a legal random start and the fallback never fires). Clip 1 (the key) aims at
+``target = query + U{-shift..shift}``, ``shift = frames * stride``, and is snapped to a chosen
+start by the original's scan (``key_snap="official"``, the default): starting from the pick 0, the
+chosen starts are visited in ascending order (the order ``generate_mcl_samples.py`` writes them)
+and a start ``c`` replaces the current pick ``p`` when ``|c - target| < |c - p|``. This is not
+the nearest chosen start: with chosen starts [3, 4, 5, 30, 31] the target 12 gives 30 (nearest:
+5), with [20, 21, 22] the target 50 gives 0 (nearest: 22), and a target between 0 and the first
+chosen start always moves to that start. The ``"mds_nearest"`` sampler (``key_snap="nearest"``)
+snaps to the nearest of [0, *chosen] instead (ties to the earlier), an alternative that is not
+the original's. Indices past the end loop.
 
 Choices and deviations from the original (see also the docstring of ``methods/mscl.py``):
 
@@ -81,10 +87,14 @@ __all__ = [
     "choose_starts",
     "video_chosen_starts",
     "mds_clips",
+    "snap_official",
+    "snap_nearest",
+    "KEY_SNAPS",
 ]
 
 MDS_NAME = "mds.json"
-MDS_VERSION = 1
+MDS_VERSION = 2  # 2: colours from the corrected Middlebury wheel (version 1 had yellow -> green wrong)
+KEY_SNAPS = ("official", "nearest")  # how the key clip's target is snapped to a chosen start
 QUERY_TRIES = 11  # the original redraws while attempt <= 10: 11 draws, then chosen_idx[0]
 _CMD = "vsbench data mds <data path> [--flow-root FLOW_ROOT]"
 
@@ -290,16 +300,36 @@ def _query_start(chosen: np.ndarray, chosen_set: set[int], room: int, rng: np.ra
     return int(chosen[0])
 
 
-def _snap(target: int, chosen: np.ndarray) -> int:
-    """Nearest of [0, *chosen] to ``target``, the first one on ties (the original's scan from 0)."""
-    candidates = np.concatenate([[0], chosen])
+def snap_official(target: int, chosen: Sequence[int]) -> int:
+    """The key start of MSCL's ``TemporalShiftChosenSampleFrames._sample_clips``: begin with the
+    pick 0 and scan ``chosen`` in its order (ascending here and in the original's ``chosen_idx``);
+    a start ``c`` replaces the pick ``p`` when ``|c - target| < |c - p|``. With ascending
+    non-negative starts this means ``p < target < 2 c - p``, so it is not the nearest start."""
+    pick = 0
+    for c in chosen:
+        if abs(int(c) - target) < abs(int(c) - pick):
+            pick = int(c)
+    return pick
+
+
+def snap_nearest(target: int, chosen: Sequence[int]) -> int:
+    """The nearest of [0, *chosen] to ``target``, the first one on ties (an alternative to the
+    original's rule, kept as the ``"mds_nearest"`` sampler)."""
+    candidates = np.concatenate([[0], np.asarray(chosen, dtype=np.int64)])
     return int(candidates[np.argmin(np.abs(candidates - target))])
 
 
-def mds_clips(num_frames: int, chosen: Sequence[int], spec: ClipSpec, rng: np.random.Generator) -> np.ndarray:
+_SNAPS = {"official": snap_official, "nearest": snap_nearest}
+
+
+def mds_clips(num_frames: int, chosen: Sequence[int], spec: ClipSpec, rng: np.random.Generator,
+              key_snap: str = "official") -> np.ndarray:
     """(2, frames) indices: the query at a chosen start, the key shifted by ``U{-shift..shift}``
-    (``shift = frames * stride``) and snapped to the nearest chosen start; indices loop (or clamp
-    with ``spec.short="clamp"``). No chosen start: two independent random clips."""
+    (``shift = frames * stride``) and snapped to a chosen start (or 0) by ``key_snap``:
+    ``"official"`` (:func:`snap_official`, MSCL's scan) or ``"nearest"`` (:func:`snap_nearest`);
+    indices loop (or clamp with ``spec.short="clamp"``). No chosen start: two independent random clips."""
+    if key_snap not in _SNAPS:
+        raise ValueError(f"key_snap must be one of {', '.join(KEY_SNAPS)}, got {key_snap!r}")
     if spec.clips != 2:
         raise ValueError(f"the mds sampler gives a query and a key clip: clips must be 2, got {spec.clips}")
     lo, hi = stride_range(spec.stride)
@@ -312,26 +342,50 @@ def mds_clips(num_frames: int, chosen: Sequence[int], spec: ClipSpec, rng: np.ra
     room = num_frames - int(round(spec.frames * lo)) + 1  # mmaction: n - clip_len * interval + 1 offsets
     q = _query_start(chosen_arr, set(chosen_arr.tolist()), room, rng)
     shift = int(round(spec.frames * lo))
-    k = _snap(q + int(rng.integers(-shift, shift + 1)), chosen_arr)
+    k = _SNAPS[key_snap](q + int(rng.integers(-shift, shift + 1)), chosen_arr.tolist())
     idx = np.stack([q + offsets, k + offsets])
     return idx % num_frames if spec.short == "loop" else np.minimum(idx, num_frames - 1)
 
 
-@register_sampler("mds")
-def _mds_factory(videos, request):
-    """MSCL's sampler over the data set ``videos``: chosen starts from ``<flow_root>/mds.json``."""
+def _chosen_table(videos, request, name: str) -> list[list[int]]:
+    """The chosen starts of every video of ``videos`` (by record order) from ``<flow_root>/mds.json``;
+    a missing flow root, a file of another ``MDS_VERSION`` or a listed video without an entry
+    raises, naming the file and the command that (re)writes it."""
     if not request.flow_root:
-        raise ValueError(f"the 'mds' sampler reads <flow_root>/{MDS_NAME}: set data.flow_root (or use the default <data>/flow) "
+        raise ValueError(f"the {name!r} sampler reads <flow_root>/{MDS_NAME}: set data.flow_root (or use the default <data>/flow) "
                          f"and compute it with `{_CMD}`")
-    table = load_mds(request.flow_root)["videos"]
+    path = Path(request.flow_root) / MDS_NAME
+    data = load_mds(request.flow_root)
+    if data.get("version") != MDS_VERSION:
+        raise ValueError(f"{path} has version {data.get('version')!r}, this vsbench reads version {MDS_VERSION} "
+                         f"(earlier versions scored with a wrong colour wheel); recompute it with `{_CMD}`")
+    table = data["videos"]
     keys = [Path(rec.path).stem for rec in videos.records]
     missing = [k for k, rec in zip(keys, videos.records) if rec.ok and k not in table]  # corrupt videos are skipped anyway
     if missing:
-        raise ValueError(f"{Path(request.flow_root) / MDS_NAME} has no chosen starts for {len(missing)} of {len(keys)} videos "
+        raise ValueError(f"{path} has no chosen starts for {len(missing)} of {len(keys)} videos "
                          f"(e.g. {', '.join(missing[:5])}); recompute it with `{_CMD}`")
-    chosen = [table[k]["chosen"] if k in table else [] for k in keys]
+    return [table[k]["chosen"] if k in table else [] for k in keys]
+
+
+def _mds_sampler(videos, request, name: str, key_snap: str):
+    chosen = _chosen_table(videos, request, name)
 
     def sample(index: int, num_frames: int, spec: ClipSpec, rng: np.random.Generator) -> np.ndarray:
-        return mds_clips(num_frames, chosen[index], spec, rng)
+        return mds_clips(num_frames, chosen[index], spec, rng, key_snap)
 
     return sample
+
+
+@register_sampler("mds")
+def _mds_factory(videos, request):
+    """MSCL's sampler over the data set ``videos``, key snapped by the original's scan
+    (:func:`snap_official`); chosen starts from ``<flow_root>/mds.json``."""
+    return _mds_sampler(videos, request, "mds", "official")
+
+
+@register_sampler("mds_nearest")
+def _mds_nearest_factory(videos, request):
+    """The MDS sampler with the key snapped to the nearest chosen start (:func:`snap_nearest`),
+    not the original's rule; chosen starts from ``<flow_root>/mds.json``."""
+    return _mds_sampler(videos, request, "mds_nearest", "nearest")

@@ -433,7 +433,7 @@ import math  # noqa: E402
 
 FLOW_NORM_EPS = 1e-5  # MSCL's ``norm_flow`` epsilon: u / (max radius + eps)
 _WHEEL_SEGMENTS = ((15, (1, 0, 0), (0, 1, 0)),   # red -> yellow: G rises
-                   (6, (1, 1, 0), (0, -1, 0)),   # yellow -> green: R falls
+                   (6, (1, 1, 0), (-1, 0, 0)),   # yellow -> green: R falls, G stays 255
                    (4, (0, 1, 0), (0, 0, 1)),    # green -> cyan: B rises
                    (11, (0, 1, 1), (0, -1, 0)),  # cyan -> blue: G falls
                    (13, (0, 0, 1), (1, 0, 0)),   # blue -> magenta: R rises
@@ -452,7 +452,9 @@ def _colorwheel() -> torch.Tensor:
     Six hue segments of 15, 6, 4, 11, 13 and 6 entries (red, yellow, green, cyan, blue, magenta);
     within a segment of n entries the changing channel at entry i is ``floor(255 * i / n)`` rising,
     or ``255 - floor(255 * i / n)`` falling: the wheel of the Middlebury C++/Matlab code, which
-    RAFT's ``flow_viz`` and MSCL reuse.
+    RAFT's ``make_colorwheel`` (``tools/RAFT/core/utils/flow_viz.py`` in MSCL's repository) and
+    MSCL reuse. ``_WHEEL_SEGMENTS`` holds (entries, base colour, changing channel) per segment;
+    e.g. yellow -> green (entries 15..20) lowers R from 255 while G stays 255.
     """
     rows = []
     for n, base, change in _WHEEL_SEGMENTS:

@@ -10,7 +10,8 @@ All samplers return an int64 array of shape (clips, frames) with indices in [0, 
 - :func:`overview_clips`: MLFO's two consecutive clips A, B plus the half-rate overview clip G
   that spans both.
 - :func:`clips_with_static`: DCLR's two windows plus, per window, one raw frame repeated (the
-  input of its static view).
+  input of its static view). Sampler "with_static" uses DCLR's windows of ``frames * stride`` raw
+  frames, "with_static_span" windows that end at the last sampled frame.
 
 Training samplers are looked up by name (``DataSpec.sampler``) in a registry:
 :func:`register_sampler` decorates a factory ``factory(videos, request) -> sampler`` and the
@@ -147,23 +148,39 @@ def overview_clips(num_frames: int, frames: int, rate: tuple[float, float], rng:
     return np.stack([idx[:frames], idx[frames:], idx[::2]])
 
 
-def clips_with_static(num_frames: int, spec: ClipSpec, rng: np.random.Generator) -> np.ndarray:
+STATIC_WINDOWS = ("full", "span")
+
+
+def static_window(spec: ClipSpec, window: str = "full") -> int:
+    """Raw frames of one ``clips_with_static`` window: ``frames * stride`` ("full", DCLR's) or the
+    clip's own span ``(frames - 1) * stride + 1`` ("span", vsbench's earlier rule)."""
+    if window not in STATIC_WINDOWS:
+        raise ValueError(f"window must be one of {STATIC_WINDOWS}, got {window!r}")
+    stride = _fixed_stride(spec.stride)
+    return int(round(spec.frames * stride)) if window == "full" else clip_span(spec.frames, stride)
+
+
+def clips_with_static(num_frames: int, spec: ClipSpec, rng: np.random.Generator, window: str = "full") -> np.ndarray:
     """DCLR's rows [clip q, clip k, static q, static k] of shape (4, frames).
 
-    q and k are two random windows at a fixed stride, different whenever the video has room for
-    two; one raw offset ``o ~ U{0 .. span-1}`` inside the window (not necessarily a sampled frame:
-    the original draws ``randint(0, 32)`` for a 32-frame window read at stride 2) is shared by both
-    windows, and each static row repeats that window's frame ``start + o``.
+    q and k are two random windows of ``L = static_window(spec, window)`` raw frames, read at a
+    fixed stride from their start, different whenever the video has room for two; one raw offset
+    ``o ~ U{0 .. L-1}`` (not necessarily a sampled frame) is shared by both windows, and each static
+    row repeats that window's frame ``start + o``. With ``window="full"`` this is DCLR's
+    (``dataset/ucf101_view.py``, ``dataset/kinetics.py``): ``VideoClips`` of ``frames * stride``
+    frames at step 1 gives the starts ``0 .. n - L`` (``n - L + 1`` of them; two distinct ones from
+    ``randperm``), the clip is ``[::stride]`` of the window and the static index is
+    ``randint(0, L)``: for 16 frames at stride 2, ``n - 31`` starts and offsets 0..31.
+    ``window="span"`` ends the window at the last sampled frame (``n - 30`` starts, offsets 0..30).
     """
-    stride = _fixed_stride(spec.stride)
-    span = clip_span(spec.frames, stride)
-    offsets = _offsets(spec.frames, stride)
-    room = num_frames - span + 1
+    length = static_window(spec, window)
+    offsets = _offsets(spec.frames, _fixed_stride(spec.stride))
+    room = num_frames - length + 1
     if room >= 2:
         q, k = (int(v) for v in rng.choice(room, size=2, replace=False))
     else:
         q = k = int(rng.integers(0, num_frames)) if (room < 1 and spec.short == "loop") else 0
-    o = int(rng.integers(0, span))
+    o = int(rng.integers(0, length))
     rows = [q + offsets, k + offsets, np.full(spec.frames, q + o), np.full(spec.frames, k + o)]
     return _fit(np.stack(rows).astype(np.int64), num_frames, spec.short)
 
@@ -245,11 +262,22 @@ def _overview_factory(videos, request) -> ClipSampler:
     return sample
 
 
-@register_sampler("with_static")
-def _with_static_factory(videos, request) -> ClipSampler:
+def _with_static_sampler(name: str, window: str) -> ClipSampler:
     def sample(index: int, num_frames: int, spec: ClipSpec, rng: np.random.Generator) -> np.ndarray:
         if spec.clips != 4:
-            raise ValueError(f"the with_static sampler gives [q, k, static q, static k]: clips must be 4, got {spec.clips}")
-        return clips_with_static(num_frames, spec, rng)
+            raise ValueError(f"the {name} sampler gives [q, k, static q, static k]: clips must be 4, got {spec.clips}")
+        return clips_with_static(num_frames, spec, rng, window)
 
     return sample
+
+
+@register_sampler("with_static", needs=lambda spec: static_window(spec, "full"))
+def _with_static_factory(videos, request) -> ClipSampler:
+    """DCLR's windows of ``frames * stride`` raw frames (:func:`clips_with_static`, ``window="full"``)."""
+    return _with_static_sampler("with_static", "full")
+
+
+@register_sampler("with_static_span", needs=lambda spec: static_window(spec, "span"))
+def _with_static_span_factory(videos, request) -> ClipSampler:
+    """vsbench's earlier rule: windows end at the last sampled frame (``window="span"``)."""
+    return _with_static_sampler("with_static_span", "span")

@@ -21,10 +21,16 @@ Operations
   (torchvision randomises the order per call), clamped to [0, 1] after each op.
   Grey = 0.299 R + 0.587 G + 0.114 B.
 - :func:`random_grayscale`: with probability ``p`` per clip, RGB -> grey repeated on 3 channels
-  (per frame, or one random channel instead of the luma: see below).
+  (per frame, or one random channel instead of the luma: see below). The pipeline greys after the
+  jitter by default; ``grey_before_jitter`` swaps the two (MLFO's ``train.py`` and DCLR's
+  ``moco/loader.py`` grey first). A grey frame stays grey under any jitter (brightness and contrast
+  only move its level), but the two orders give different images: a clamp or a hue shift before
+  the grey, or a channel-split grey that the luma-based contrast/saturation would otherwise mix.
 - :func:`gaussian_blur` / :func:`random_gaussian_blur`: separable Gaussian, per-clip sigma
   (``U(sigma_min, sigma_max)``), fixed odd kernel size, reflect padding, one grouped convolution
-  per direction for the whole batch.
+  per direction for the whole batch. ``blur_sigma_per="batch"`` gives every clip of a call (or of
+  one of ``blur_sigma_groups`` interleaved groups) one sigma, as MSCL's ``GaussianBlur`` draws one
+  sigma per call on the selected clips of its query batch and again of its key batch.
 - :func:`normalize`: ``(x - mean) / std`` per channel (ImageNet defaults; optional, IIC uses [0, 1]).
 - :func:`center_crop_video`: the deterministic evaluation path (optional resize, centre crop).
 - :class:`VideoAugment`: the configurable composition (crop+flip, jitter, grey, blur, normalise).
@@ -72,6 +78,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 GREY_WEIGHTS = (0.299, 0.587, 0.114)
 GREY_MODES = ("luma", "channel")
+BLUR_SIGMA_PER = ("clip", "batch")
 CROP_TRIES = 10  # RandomResizedCrop's number of attempts before the central fallback
 
 __all__ = [
@@ -115,6 +122,9 @@ class AugmentConfig:
     blur_p: float = 0.5
     blur_sigma: tuple[float, float] = (0.1, 2.0)
     blur_kernel: int = 11
+    blur_sigma_per: str = "clip"  # clip: own sigma per clip; batch: one sigma per call (per group, see below)
+    blur_sigma_groups: int = 1  # with "batch": clip i of a call is in group i % groups, one sigma per group
+    grey_before_jitter: bool = False  # random grey, then jitter (MLFO, DCLR originals); False: jitter, then grey
     normalize: bool = True
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
@@ -124,6 +134,10 @@ class AugmentConfig:
             raise ValueError(f"need 0 < scale[0] <= scale[1] and 0 < ratio[0] <= ratio[1], got {self}")
         if self.grey_mode not in GREY_MODES:
             raise ValueError(f"grey_mode must be one of {GREY_MODES}, got {self.grey_mode!r}")
+        if self.blur_sigma_per not in BLUR_SIGMA_PER:
+            raise ValueError(f"blur_sigma_per must be one of {BLUR_SIGMA_PER}, got {self.blur_sigma_per!r}")
+        if self.blur_sigma_groups < 1:
+            raise ValueError(f"blur_sigma_groups must be >= 1, got {self.blur_sigma_groups}")
         if self.blur_kernel % 2 != 1:
             raise ValueError(f"blur_kernel must be odd, got {self.blur_kernel}")
         if not 0 <= self.jitter[3] <= 0.5:
@@ -512,6 +526,19 @@ def _draw_blur(batch: int, p: float, sigma: tuple[float, float], generator: torc
     return apply, sigma[0] + (sigma[1] - sigma[0]) * _rand(generator, batch)
 
 
+def _share_per_group(sigma: torch.Tensor, groups: int) -> torch.Tensor:
+    """One sigma per interleaved group: clip i takes the sigma drawn for clip ``i % groups``.
+
+    MSCL's ``GaussianBlur`` (``mmaction/models/common/ssl_aug.py``) draws one sigma per call for all
+    clips it blurs, and the original augments its query and key batches in two calls. The harness
+    augments the loader's (B, clips) flattened, clip index fastest, so ``groups = clips`` gives the
+    query clips one sigma and the key clips another. The per-clip draws are still made (and the
+    first ``groups`` of them used), so the random stream is the same in both modes.
+    """
+    first = torch.arange(sigma.shape[0], device=sigma.device) % groups
+    return sigma[first]
+
+
 def random_gaussian_blur(
     x: torch.Tensor,
     generator: torch.Generator,
@@ -633,17 +660,24 @@ class VideoAugment:
             return y if self.flow else self._colour_(y, generator)
 
     def _colour_(self, y: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """Jitter, grey, blur, normalise -- in place: ``y`` is this call's own buffer."""
+        """Jitter, grey (or grey, jitter: ``grey_before_jitter``), blur, normalise -- in place: ``y``
+        is this call's own buffer."""
         cfg, B, T = self.cfg, y.shape[0], y.shape[2]
         _check_rgb(y)
         jitter = _draw_jitter(B, cfg.jitter, cfg.jitter_p, generator, T if cfg.jitter_per_frame else None)
-        if cfg.jitter_p > 0:
-            _jitter_(y, cfg.jitter, *jitter)
         grey_shape = (B, T) if cfg.grey_per_frame else (B,)
         grey = _rand(generator, *grey_shape) < cfg.grey_p
         channel = (_rand(generator, *grey_shape) * 3).long().clamp_(max=2) if cfg.grey_mode == "channel" else None
-        _random_grey_(y, grey, channel)
+        # Everything is drawn before anything is applied, so the order changes the image, not the stream.
+        if cfg.grey_before_jitter:
+            _random_grey_(y, grey, channel)
+        if cfg.jitter_p > 0:
+            _jitter_(y, cfg.jitter, *jitter)
+        if not cfg.grey_before_jitter:
+            _random_grey_(y, grey, channel)
         blur, sigma = _draw_blur(B, cfg.blur_p, cfg.blur_sigma, generator)
+        if cfg.blur_sigma_per == "batch":
+            sigma = _share_per_group(sigma, cfg.blur_sigma_groups)
         if cfg.blur_p > 0:
             _blur_some_(y, blur, sigma, cfg.blur_kernel)
         return _normalize_(y, cfg.mean, cfg.std) if cfg.normalize else y
