@@ -66,10 +66,10 @@ def test_paper_rows_take_each_methods_backbone_and_init_and_list_what_the_suite_
 
 def test_a_paper_suite_runs_and_labels_its_rows(motionshapes_tiny, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "s.toml").write_text(SUITE.format(data=motionshapes_tiny))
+    (tmp_path / "s.toml").write_text(SUITE.format(data=motionshapes_tiny).replace('methods = ["iic", "moco"]', 'methods = ["iic"]'))
     assert main(["run", "s.toml"]) == 0
     printed = capsys.readouterr().out
-    assert "iic (paper setup)" in printed and "moco (paper setup)" in printed
+    assert "iic (paper setup)" in printed
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     children = [r for r in client.search_runs([client.get_experiment_by_name("paper").experiment_id]) if r.data.tags.get("kind") != "suite"]
     by_name = {r.info.run_name: r for r in children}
@@ -77,7 +77,7 @@ def test_a_paper_suite_runs_and_labels_its_rows(motionshapes_tiny, tmp_path, mon
     assert iic.data.tags["setup"] == "paper" and iic.data.tags["backbone"] == "r3d_vcop"
     assert float(iic.data.params["recipe.lr"]) == pytest.approx(0.0025) and iic.data.params["init"] == "pytorch_default"
     assert by_name["iic-r3d_tiny-s0"].data.tags["setup"] == "controlled"
-    assert {r.data.tags["backbone"] for r in children if r.data.tags["row"] == "random init"} == {"r3d_tiny", "r3d_vcop", "r3d_18"}
+    assert {r.data.tags["backbone"] for r in children if r.data.tags["row"] == "random init"} == {"r3d_tiny", "r3d_vcop"}
     md = (tmp_path / "runs" / "report" / "results.md").read_text()
     assert "Paper settings the suite changed: iic (paper setup): batch_size, decode_size, epochs" in md
 
