@@ -194,8 +194,6 @@ def reference_backbones(suite: Suite, runs: list[SuiteRun]) -> list[str]:
     """The backbones the reference rows run on: every backbone the suite's rows use, in order
     (a "paper" entry stands for its methods' paper backbones)."""
     used = [b for b in suite.backbones if b != PAPER] + [r.config.backbone for r in runs if r.setup == PAPER]
-    if PAPER in suite.backbones and not any(r.setup == PAPER for r in runs):  # no method rows: nothing to stand for
-        used = [b for b in suite.backbones if b != PAPER]
     return list(dict.fromkeys(used))
 
 
@@ -229,7 +227,7 @@ def _check_before_running(suite: Suite, registered: list[str], rows: list[tuple[
     corrupt test video must not surface after the earlier rows have trained. The data check is
     cheap: videos are probed (header, packet count, first frame), not decoded, and the data set's
     index caches the result."""
-    from backbones import list_backbones
+    from backbones import INIT_SCHEMES, list_backbones
     from methods.base import build_config, get_method
 
     unknown = sorted(set(suite.overrides) - set(registered))
@@ -238,6 +236,9 @@ def _check_before_running(suite: Suite, registered: list[str], rows: list[tuple[
     for where, table in {"pretrain": suite.pretrain, **{f"overrides.{m}": t for m, t in suite.overrides.items()}}.items():
         for key in sorted(set(table) & set(SET_BY_THE_SUITE)):
             raise ConfigError(f"{suite.path}: {where}.{key}: set by the suite itself; use {SET_BY_THE_SUITE[key]}")
+    for where, table in {"pretrain": suite.pretrain, **{f"overrides.{m}": t for m, t in suite.overrides.items()}}.items():
+        if "init" in table and table["init"] not in INIT_SCHEMES:
+            raise ConfigError(f"{suite.path}: {where}.init = {table['init']!r}: unknown initialisation; valid: {', '.join(INIT_SCHEMES)}")
     missing = [b for b in suite.backbones if b not in list_backbones() and b != PAPER]
     if missing:
         raise ConfigError(f"{suite.path}: backbones: unknown backbone {missing[0]!r}; registered: {', '.join(list_backbones())}, "

@@ -93,17 +93,9 @@ Other deviations, and why:
   re-weighted with its own clip's maps (and a quarter of the forward passes is saved). The two
   passes are therefore NOT the same in one process: they differ by the map alignment (and the
   EMA offset above). ``official_key_maps=True`` reproduces the released pass (an extra unshuffled
-  key pass for the maps, then a permuted pass re-weighted with the unpermuted maps). Measured
-  effect, at initialisation on random clips (one process, B = 8, 8 frames, 20 random
-  permutations, same batch and state both ways; measured with a throw-away script comparing
-  ``keys()`` and one step's loss with the maps aligned and misaligned, the composition the
-  ``official_key_maps`` test checks): on ``r3d_tiny`` at 32 px the misaligned ``k_vs``/``k_vd``
-  have mean cosine 0.994 with the aligned ones, a shift of 13% of the mean distance between two
-  videos' keys (plain GAP instead of re-weighting: 13% / 17%); on ``r2plus1d_10`` at 64 px,
-  cosine 0.9993, shift 8% (plain GAP: 9% / 14%). The step loss moved by 0.001 (r3d_tiny, of
-  4.34) and 0.004 (r2plus1d_10, of 4.16) on average, at most 0.011. So the released key-side
-  re-weighting moves a key about as far as turning re-weighting off; its effect on trained
-  results has not been measured. A consequence of the one key pass: the original's reference
+  key pass for the maps, then a permuted pass re-weighted with the unpermuted maps). Its effect
+  (how far the misplaced maps move a key, and on trained results) is not measured yet; an ablation
+  row with ``official_key_maps=True`` measures it. A consequence of the one key pass: the original's reference
   queues ``rs``/``rd``
   (``f_sv``/``f_dv`` of the key's static/dynamic clip through the key encoder) would hold exactly
   ``k_sv``/``k_dv``, i.e. copies of the ``sv``/``dv`` queues, so neighbours are mined from the

@@ -186,7 +186,7 @@ def iic_logits(
 
     The product runs in float32 with autocast off (:func:`~methods.losses.fp32_matmul`): the raw
     query has a norm around 20, where a bf16 product with the unit bank rows is off by up to
-    0.03, i.e. 0.45 in the logit after 1/T (T = 0.07, measured at D = 128).
+    0.029, i.e. 0.42 in the logit after 1/T (T = 0.07; the command is in docs/methods/iic.md).
 
     Args:
         query: (B, D) features of this view (raw or normalised: not normalised here).

@@ -9,9 +9,8 @@ method, so anything two of them share lives here. Conventions:
 - Logits, similarities and queue / bank products are computed in float32 with autocast off
   (:func:`fp32_matmul`, :func:`fp32_einsum`), also inside a bf16 autocast region, where a plain
   product (``@``, ``einsum``, ``bmm``) runs in bf16 even on float32 operands. bf16 keeps 8
-  significant bits: measured at D = 128, a norm-20 query (IIC's raw feature) against unit rows is
-  off by up to 0.03 (0.45 after 1/T, T = 0.07), unit vectors near cosine 1 by up to 0.003 (0.04
-  after 1/T). The backbones and heads stay under autocast; only these small products leave it.
+  significant bits: a norm-20 query (IIC's raw feature) against unit rows is off by up to 0.029,
+  0.42 after 1/T with T = 0.07 (the command is in docs/methods/iic.md). The backbones and heads stay under autocast; only these small products leave it.
 - Distributed: gathering features across ranks is the caller's job (``harness.distributed``);
   the docstrings say what must be global. Only :func:`sinkhorn_knopp` talks to
   ``torch.distributed`` itself, because its marginals are sums over the global batch.

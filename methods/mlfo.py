@@ -87,8 +87,7 @@ Deviations from the official code, and why:
   graph prediction, prototype scores) is computed in float32 with autocast off
   (``methods.losses.fp32_einsum`` / ``fp32_matmul``), and the Sinkhorn codes in float32; the
   backbone, ME blocks and heads run under the harness's bf16 autocast. (Under autocast a plain
-  ``einsum`` of float32 operands still runs in bf16: a cosine near 1 is off by up to 0.003, a
-  logit by 0.04 after 1/T = 0.07.)
+  ``einsum`` of float32 operands still runs in bf16, with 8 significant bits.)
 - Prototype freeze in epoch 0: the original sets the prototype gradients to None after
   ``backward()``; here the prototype weight is detached in the forward pass of epoch 0, so no
   gradient reaches it and the optimizer (torch Adam skips parameters whose grad is None, weight

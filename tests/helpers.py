@@ -6,6 +6,8 @@ import socket
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 from harness.data.video import write_video
 
@@ -56,3 +58,25 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+# ----------------------------------------------------------------------- precision under autocast
+
+FP32_TOL = 1e-5  # relative: float32 products against a float64 reference
+
+
+def rows_of_norm(*shape: int, seed: int, norm: float = 1.0) -> torch.Tensor:
+    """Seeded float32 rows (last axis) of the given L2 norm."""
+    return norm * F.normalize(torch.randn(*shape, generator=torch.Generator().manual_seed(seed)), dim=-1)
+
+
+def assert_fp32_close(out: torch.Tensor, ref: torch.Tensor) -> None:
+    """``out`` is float32 and within FP32_TOL of the float64 ``ref`` (relative, and relative to its largest entry)."""
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out.double(), ref, rtol=FP32_TOL, atol=FP32_TOL * ref.abs().max().item())
+
+
+def bf16_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Largest error of the plain bf16 product ``a @ b.T`` against float64, relative to the largest entry."""
+    ref = a.double() @ b.double().t()
+    return ((a.bfloat16() @ b.bfloat16().t()).double() - ref).abs().max().item() / ref.abs().max().item()

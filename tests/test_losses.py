@@ -23,6 +23,7 @@ from methods.losses import (
     multi_positive_nce,
     sinkhorn_knopp,
 )
+from tests.helpers import FP32_TOL, assert_fp32_close, bf16_error, rows_of_norm
 
 
 def nll(logits: list[float], positive: int) -> float:
@@ -464,24 +465,12 @@ def test_capped_queue_size_keeps_paper_sizes_and_shrinks_for_small_data():
 
 # ------------------------------------------------------------------------ fp32 under autocast
 
-TOL = 1e-5  # relative: float32 products of norm-20 vectors against a float64 reference
+TOL = FP32_TOL
 
 
 def norm20(*shape: int, seed: int) -> torch.Tensor:
-    """Float32 rows of norm 20 (the feature norm at which bf16 logits were measured off by 0.17)."""
-    return 20 * F.normalize(torch.randn(*shape, generator=torch.Generator().manual_seed(seed)), dim=-1)
-
-
-def assert_fp32_close(out: torch.Tensor, ref: torch.Tensor) -> None:
-    """``out`` is float32 and within TOL of the float64 ``ref`` (relative, and relative to its largest entry)."""
-    assert out.dtype == torch.float32
-    torch.testing.assert_close(out.double(), ref, rtol=TOL, atol=TOL * ref.abs().max().item())
-
-
-def bf16_error(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Largest error of the plain bf16 product ``a @ b.T`` against float64, relative to the largest entry."""
-    ref = a.double() @ b.double().t()
-    return ((a.bfloat16() @ b.bfloat16().t()).double() - ref).abs().max().item() / ref.abs().max().item()
+    """Float32 rows of norm 20, the feature norm the issue measured bf16 logits at."""
+    return rows_of_norm(*shape, seed=seed, norm=20)
 
 
 def test_fp32_helpers_are_float32_under_bf16_autocast_and_keep_gradients():

@@ -29,7 +29,7 @@ from methods.mlfo import (
     time_reversal_pair,
     timestamp_alignment,
 )
-from tests.helpers import free_port
+from tests.helpers import FP32_TOL, assert_fp32_close, bf16_error, free_port, rows_of_norm
 
 WORLD = 2
 ALL_PARTS = {"high", "fine_high", "mid", "fine_mid", "low", "fine_low", "proto", "graph"}
@@ -439,35 +439,20 @@ def test_two_training_steps_through_the_harness(motionshapes_tiny, tmp_path):
 
 # ------------------------------------------------------------------ precision under autocast, effective settings
 
-TOL = 1e-5  # relative, float32 against a float64 reference
-
-
-def _unit(*shape: int, seed: int, norm: float = 1.0) -> torch.Tensor:
-    return norm * F.normalize(torch.randn(*shape, generator=torch.Generator().manual_seed(seed)), dim=-1)
-
-
-def _close(out: torch.Tensor, ref: torch.Tensor) -> None:
-    assert out.dtype == torch.float32
-    torch.testing.assert_close(out.double(), ref, rtol=TOL, atol=TOL * ref.abs().max().item())
-
-
-def _bf16_off(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Largest error of a plain bf16 product ``a @ b.T``, relative to the product's largest entry."""
-    ref = a.double() @ b.double().t()
-    return ((a.bfloat16() @ b.bfloat16().t()).double() - ref).abs().max().item() / ref.abs().max().item()
+TOL = FP32_TOL
 
 
 def test_similarities_and_logits_are_float32_under_bf16_autocast():
     from methods.mlfo import instance_graph, prototype_logits
 
     T = 0.07
-    z = _unit(8, 2, 128, seed=0, norm=20)  # global batch (N, clips, D) of norm 20
-    extra = _unit(4, 2, 128, seed=1, norm=20)
-    fine = _unit(4, 3, 4, 128, seed=2, norm=20).transpose(2, 3)  # (B, 3, D, t=4)
-    unit = _unit(8, 2, 128, seed=3)  # the graph's unit-norm embeddings (a norm-20 softmax would be one-hot)
+    z = rows_of_norm(8, 2, 128, seed=0, norm=20)  # global batch (N, clips, D) of norm 20
+    extra = rows_of_norm(4, 2, 128, seed=1, norm=20)
+    fine = rows_of_norm(4, 3, 4, 128, seed=2, norm=20).transpose(2, 3)  # (B, 3, D, t=4)
+    unit = rows_of_norm(8, 2, 128, seed=3)  # the graph's unit-norm embeddings (a norm-20 softmax would be one-hot)
     target = torch.softmax(torch.randn(4, 8, generator=torch.Generator().manual_seed(4)), dim=1)
-    protos = _unit(200, 128, seed=5)
-    assert _bf16_off(z[:, 0], z[:, 1]) > 100 * TOL  # the failure mode, on the same inputs
+    protos = rows_of_norm(200, 128, seed=5)
+    assert bf16_error(z[:, 0], z[:, 1]) > 100 * TOL  # the failure mode, on the same inputs
     with torch.autocast("cpu", dtype=torch.bfloat16):
         contrast, _ = instance_contrast(z[:4], z, 0, T, extra_negatives=extra)
         l2g, g2l = alignment_logits(fine, T)
@@ -489,14 +474,14 @@ def test_similarities_and_logits_are_float32_under_bf16_autocast():
     fd = fine.double()
     ab = F.normalize(torch.cat([fd[:, 0].unflatten(2, (2, 2)).mean(3), fd[:, 1].unflatten(2, (2, 2)).mean(3)], 2), dim=1)
     gg = F.normalize(fd[:, 2], dim=1)
-    _close(l2g, ab.transpose(1, 2) @ gg / T)
-    _close(g2l, gg.transpose(1, 2) @ ab / T)
+    assert_fp32_close(l2g, ab.transpose(1, 2) @ gg / T)
+    assert_fp32_close(g2l, gg.transpose(1, 2) @ ab / T)
     # instance graph softmax(Z_A Z_B^T / T) and the graph loss -sum_j C_ij log softmax(g_A G_B^T / T)_ij
-    _close(graph, torch.softmax(ud[:, 0] @ ud[:, 1].t() / T, dim=1))
+    assert_fp32_close(graph, torch.softmax(ud[:, 0] @ ud[:, 1].t() / T, dim=1))
     ref_g = -(td * torch.log_softmax(ud[:4, 0] @ ud[:, 1].t() / T, dim=1)).sum(1).mean()
     assert g_loss.dtype == torch.float32 and g_loss.item() == pytest.approx(ref_g.item(), rel=TOL)
     # prototype scores z . c_k (SwAV's prototype layer)
-    _close(p_logits, ud[:, 0] @ protos.double().t())
+    assert_fp32_close(p_logits, ud[:, 0] @ protos.double().t())
 
 
 def test_training_step_runs_under_cpu_bf16_autocast():

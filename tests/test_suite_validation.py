@@ -54,6 +54,7 @@ def test_a_valid_suite_expands(tmp_path, data):
     ('[overrides.mocco]\nlr = 0.1\n', r"\[overrides.mocco\]: no such method"),
     ('[pretrain.data]\npath = "x"\n', r"pretrain.data: set by the suite itself; use \[data\]"),
     ('[overrides.moco]\nseed = 3\n', r"overrides.moco.seed: set by the suite itself; use seeds"),
+    ('[overrides.moco]\ninit = "xavier"\n', r"overrides.moco.init = 'xavier': unknown initialisation; valid: kaiming_fan_out, pytorch_default"),
 ])
 def test_every_key_is_checked_before_training(tmp_path, data, extra, message):
     with pytest.raises(ConfigError, match=message):
