@@ -25,15 +25,15 @@ import torch
 import torch.nn as nn
 
 from evaluation.features import extract_features
-from evaluation.finetune import run_finetune
+from evaluation.finetune import Trainer, run_finetune
 from evaluation.knn import evaluate_knn, knn_classify
 from evaluation.linear import evaluate_linear
 from evaluation.probes import load_bias_alignment, motion_probe, static_bias_gap
 from evaluation.protocols import EncoderTraining, FeatureProtocol, FinetuneProtocol, KNNProtocol, LinearProtocol, RetrievalProtocol, resolve
 from evaluation.retrieval import evaluate_retrieval, topk_neighbours
-from harness.config import ConfigError, DataConfig
-from harness.data.datasets import DatasetError, VideoDataset, open_dataset
-from harness.data.video import read_frames
+from core.config import ConfigError, DataConfig
+from core.data.datasets import DatasetError, VideoDataset, open_dataset
+from core.data.video import read_frames
 
 log = logging.getLogger(__name__)
 PROTOCOLS = ("retrieval", "linear", "knn", "probe", "finetune")
@@ -90,7 +90,7 @@ def eval_data(data: DataConfig, config: EvalConfig) -> tuple[VideoDataset, Video
     video of either list that cannot be decoded (a DatasetError naming every such file): evaluation
     reads every video, so one bad file would stop it midway.
 
-    Cheap: opening a data set verifies each video with :func:`harness.data.video.probe_video`
+    Cheap: opening a data set verifies each video with :func:`core.data.video.probe_video`
     (header and packet count, first frame only; no clip is decoded here) once, and its data set
     index caches the result, so a second check only reads the index."""
     split = config.features.split
@@ -143,8 +143,10 @@ def evaluate_encoder(
     run_name: str = "eval",
     examples_path: str | Path | None = None,
     trained: EncoderTraining | None,
+    trainer: Trainer | None = None,
 ) -> dict[str, float]:
-    """All enabled protocols on ``encoder``; fine-tuning needs ``finetune_from`` (an encoder.pt) and ``backbone``.
+    """All enabled protocols on ``encoder``; fine-tuning needs ``finetune_from`` (an encoder.pt),
+    ``backbone`` and the ``trainer`` that trains the classifier (``harness.train.train_classifier``).
 
     ``trained``: how the encoder was trained (the temporal stride of its clips and its input
     convention); protocol fields left None follow it (``eval/stride`` records the stride used).
@@ -164,9 +166,11 @@ def evaluate_encoder(
                              max_videos=config.probe_videos, select="even", device=device)
         metrics |= _prefixed("probe", probe)
     if "finetune" in protocols and finetune_from is not None:
+        if trainer is None:
+            raise ValueError("the finetune protocol needs a trainer (harness.train.train_classifier)")
         ft, _ = run_finetune(config.finetune, backbone=backbone, data=data, init_encoder=finetune_from, seed=seed,
                              device=str(device), output_dir=output_dir, run_name=finetune_run_name(run_name), workers=config.workers,
-                             trained=trained)
+                             trained=trained, trainer=trainer)
         metrics |= _prefixed("finetune", ft)
     return metrics
 
@@ -200,7 +204,7 @@ def _strip(record, frames: int, size: tuple[int, int]) -> np.ndarray:
 def retrieval_examples(train, test, ftrain, ftest, path: str | Path, *, queries: int = 6, frames: int = 4,
                        size: tuple[int, int] = (48, 64)) -> Path:
     """A PNG grid: the first test videos of evenly spaced classes and their top-5 train neighbours."""
-    from harness.report import plot_retrieval_examples
+    from core.figures import plot_retrieval_examples
 
     chosen = np.linspace(0, len(ftest.indices) - 1, min(queries, len(ftest.indices))).round().astype(int)
     _, neighbours = topk_neighbours(ftest.features[chosen], ftrain.features, min(5, len(ftrain.indices)))

@@ -9,7 +9,7 @@ of a split, computed the same way for every method. :func:`extract_features` com
 2. **Crop.** A deterministic centre crop to ``protocol.crop`` (:func:`center_crop_video` with
    ``resize=None``: frames are already decoded at ``protocol.resize``, so the crop is an exact
    slice), giving float clips in [0, 1].
-3. **Input convention** (:func:`~harness.data.encoder_input.to_encoder_input`), applied to the
+3. **Input convention** (:func:`~core.data.encoder_input.to_encoder_input`), applied to the
    [0, 1] crop: the protocol's ``modality``, ``value_range`` and ``normalize_input``, each taken
    from how the encoder was trained when the protocol leaves it None (:func:`evaluation.protocols.resolve`):
 
@@ -18,7 +18,7 @@ of a split, computed the same way for every method. :func:`extract_features` com
    - ``"residual"``: IIC's residual clip ``(x - roll(x, 1, T) + 1) / 2`` computed on the **[0, 1]
      clip, before any normalisation**, as IIC computes it, then the value range and normalisation;
    - ``"flow"``: the 2-channel (u, v) clip of the flow cache (``flow_root``, see
-     :mod:`harness.data.modalities`) mapped to [0, 1] (``q / 255``, 0.5 = no motion), never
+     :mod:`core.data.modalities`) mapped to [0, 1] (``q / 255``, 0.5 = no motion), never
      normalised (ImageNet statistics are RGB statistics), which is what the training pipeline
      feeds flow encoders. Needs an encoder built with ``in_channels=2``.
 
@@ -46,7 +46,7 @@ tail batch, and under DDP gives each rank a disjoint (strided) slice. Each rank 
 slice; the slices are all-gathered (sizes first, then padded tensors, trimmed back), de-duplicated
 by video index and sorted, so every rank returns the complete :class:`FeatureSet` with
 ``indices == arange(N)``; anything else is an error. An undecodable video stops the run with
-:class:`~harness.data.video.CorruptVideo` naming the file: evaluation never substitutes another
+:class:`~core.data.video.CorruptVideo` naming the file: evaluation never substitutes another
 video.
 
 **Cache.** With ``cache_dir``, the result is stored (``torch.save`` of plain tensors, a list of
@@ -75,14 +75,14 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from evaluation.protocols import FeatureProtocol
-from harness.data.datasets import VideoDataset
-from harness.data.loader import LoadRequest, make_loader
-from harness.data.encoder_input import to_encoder_input
-from harness.data.sampling import ClipSpec
-from harness.data.transforms import center_crop_video
-from harness.data.video import CorruptVideo
-from harness.io import atomic_write
-from harness.distributed import all_gather, is_distributed, rank, world_size
+from core.data.datasets import VideoDataset
+from core.data.loader import LoadRequest, make_loader
+from core.data.encoder_input import to_encoder_input
+from core.data.sampling import ClipSpec
+from core.data.transforms import center_crop_video
+from core.data.video import CorruptVideo
+from core.io import atomic_write
+from core.distributed import all_gather, is_distributed, rank, world_size
 
 log = logging.getLogger(__name__)
 
@@ -247,7 +247,7 @@ def _flow_tag(protocol: FeatureProtocol, flow_root) -> str | None:
     """Short hash of the flow cache's settings when flow is used (they change the features)."""
     if "flow" not in (protocol.modality, protocol.merge):
         return None
-    from harness.data.modalities import load_flow_meta
+    from core.data.modalities import load_flow_meta
 
     try:
         meta = load_flow_meta(flow_root)

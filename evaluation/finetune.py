@@ -1,8 +1,9 @@
 """Fine-tune protocol: train the whole network with labels, test with 10 clips per video.
 
-Training runs through the harness's own loop with the ``supervised`` method (backbone + linear
+Training runs through a :data:`Trainer` the caller hands in (the engine passes
+``harness.train.train_classifier``: its own loop with the ``supervised`` method, backbone + linear
 head, cross-entropy, crop-and-flip augmentation), so AMP, DDP and checkpoints are the same as in
-pretraining. Started from a pretrained encoder it is fine-tuning; started from random weights it
+pretraining, and evaluation never imports the engine. Started from a pretrained encoder it is fine-tuning; started from random weights it
 is the "supervised" reference row.
 
 Testing visits every test video once (no dropped tail), takes ``test_clips`` uniformly spaced
@@ -16,6 +17,8 @@ clips (VCOP/IIC centres) with a deterministic centre crop, and reports
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -23,12 +26,25 @@ from tqdm.auto import tqdm
 
 from evaluation.features import crop_clips
 from evaluation.protocols import EncoderTraining, FinetuneProtocol, resolve
-from evaluation.uncertainty import with_interval
-from harness.config import DataConfig, PretrainConfig
-from harness.data.datasets import VideoDataset, open_dataset
-from harness.data.encoder_input import to_encoder_input
-from harness.data.loader import LoadRequest, make_loader
-from harness.data.sampling import ClipSpec
+from core.uncertainty import with_interval
+from core.config import DataConfig, PretrainConfig
+from core.data.datasets import VideoDataset, open_dataset
+from core.data.encoder_input import to_encoder_input
+from core.data.loader import LoadRequest, make_loader
+from core.data.sampling import ClipSpec
+
+
+@dataclass
+class TrainedClassifier:
+    """What a :data:`Trainer` returns: the trained ``supervised`` method (``logits(x)`` and
+    ``encoder``), the device it sits on and the training wall time."""
+
+    model: torch.nn.Module
+    device: torch.device
+    wall_time_s: float
+
+
+Trainer = Callable[[PretrainConfig], TrainedClassifier]  # trains the config of :func:`finetune_config`
 
 
 def finetune_config(protocol: FinetuneProtocol, *, backbone: str, data: DataConfig, num_classes: int, init_encoder: str | None,
@@ -81,23 +97,20 @@ def classifier_training(protocol: FinetuneProtocol, trained: EncoderTraining | N
 
 
 def run_finetune(protocol: FinetuneProtocol, *, backbone: str, data: DataConfig, init_encoder: str | None, seed: int,
-                 device: str, output_dir: str | Path, run_name: str, workers: int = 2,
+                 device: str, output_dir: str | Path, run_name: str, trainer: Trainer, workers: int = 2,
                  trained: EncoderTraining | None = None) -> tuple[dict[str, float], torch.nn.Module]:
-    """Train the classifier (from ``init_encoder``, or from scratch when None) and test it.
+    """Train the classifier with ``trainer`` (from ``init_encoder``, or from scratch when None) and test it.
 
     ``trained``: how the encoder was pretrained (stride, input convention), which the protocol's
     None fields follow; from scratch (the "supervised" row) it defaults to stride 1 and normalised
     RGB. Returns the test metrics and the trained backbone (the "supervised" reference row
     evaluates it with the other protocols)."""
-    from harness.train import Pretraining
-
     protocol = resolve(protocol, trained if init_encoder is not None else trained or EncoderTraining())
 
     test = open_dataset(data.path, format=data.format, split=protocol.split, subset="test", progress=False)
     config = finetune_config(protocol, backbone=backbone, data=data, num_classes=len(test.classes), init_encoder=init_encoder,
                              seed=seed, device=device, output_dir=str(output_dir), run_name=run_name)
-    run = Pretraining(config, resume=True)
-    result = run.run()
-    metrics = test_classifier(run.method, test, protocol, device=run.dist.device, workers=workers, progress=False)
-    metrics["train_wall_time_s"] = result.wall_time_s
-    return metrics, run.method.encoder
+    classifier = trainer(config)
+    metrics = test_classifier(classifier.model, test, protocol, device=classifier.device, workers=workers, progress=False)
+    metrics["train_wall_time_s"] = classifier.wall_time_s
+    return metrics, classifier.model.encoder

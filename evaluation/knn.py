@@ -15,7 +15,7 @@ race for the same score, so CUDA atomics cannot reorder a floating-point sum), a
 breaks ties by class index (:func:`evaluation.metrics.classification_metrics`).
 
 Top-1 comes with its 95% bootstrap interval over test videos (``top1_ci_low``, ``top1_ci_high``,
-:mod:`evaluation.uncertainty`), resampled from the per-video hits (prediction == label).
+:mod:`core.uncertainty`), resampled from the per-video hits (prediction == label).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import torch
 from evaluation.metrics import classification_metrics, top1_hits
 from evaluation.protocols import KNNProtocol
 from evaluation.retrieval import Array, topk_neighbours
-from evaluation.uncertainty import with_interval
+from core.uncertainty import with_interval
 
 
 def knn_classify(

@@ -14,7 +14,7 @@ test numbers — an optimistic bias a fair comparison of methods must not have.
 Deterministic: the split depends only on the train labels and the seed, lbfgs has no randomness,
 and class ranking breaks ties by class index (:func:`evaluation.metrics.classification_metrics`).
 Test top-1 comes with its 95% bootstrap interval over test videos (``top1_ci_low``,
-``top1_ci_high``, :mod:`evaluation.uncertainty`), resampled from the per-video hits.
+``top1_ci_high``, :mod:`core.uncertainty`), resampled from the per-video hits.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from sklearn.preprocessing import StandardScaler
 
 from evaluation.metrics import classification_metrics, top1_hits
 from evaluation.protocols import LinearProtocol
-from evaluation.uncertainty import with_interval
+from core.uncertainty import with_interval
 
 Array = torch.Tensor | np.ndarray
 

@@ -50,12 +50,12 @@ from torch import Tensor, nn
 
 from evaluation.features import STREAM, _unwrap, clip_features, crop_clips
 from evaluation.protocols import FeatureProtocol
-from harness.data.datasets import DatasetError, VideoDataset
-from harness.data.loader import ClipDataset, LoadRequest
-from harness.data.modalities import read_flow, static_view
-from harness.data.sampling import ClipSpec
-from harness.data.encoder_input import to_encoder_input
-from harness.data.video import CorruptVideo, read_frames
+from core.data.datasets import DatasetError, VideoDataset
+from core.data.loader import ClipDataset, LoadRequest
+from core.data.modalities import read_flow, static_view
+from core.data.sampling import ClipSpec
+from core.data.encoder_input import to_encoder_input
+from core.data.video import CorruptVideo, read_frames
 
 __all__ = [
     "BIAS_META_FILE",
@@ -206,7 +206,7 @@ def probe_clips(
     every class of a class-sorted list). Undecodable videos raise ``CorruptVideo``.
 
     Returned as the encoder sees them for ``modality`` rgb and flow (the protocol's input
-    convention applied: :func:`~harness.data.encoder_input.to_encoder_input`); for ``"residual"`` they are the [0, 1] RGB
+    convention applied: :func:`~core.data.encoder_input.to_encoder_input`); for ``"residual"`` they are the [0, 1] RGB
     frames, to be turned into residual clips *after* perturbation: pass
     ``transform=probe_transform(protocol)`` to :func:`motion_sensitivity`, or use
     :func:`motion_probe`, which does both. ``protocol.merge`` is ignored: the probes measure the

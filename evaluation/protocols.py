@@ -12,7 +12,7 @@ frames per video with evenly spaced centres, frames resized to 128x171 and centr
 
 Fields left as None follow the encoder (:class:`EncoderTraining`, recorded in ``encoder.pt``):
 the temporal stride it was trained at, and its input convention (modality, value range,
-ImageNet normalisation; :class:`harness.data.encoder_input.InputConvention`). "Each encoder fed
+ImageNet normalisation; :class:`core.data.encoder_input.InputConvention`). "Each encoder fed
 as it was trained" is one protocol, so the hash is that of the unresolved protocol;
 :func:`resolve` gives the copy that extracts the clips, and its hash keys the feature cache.
 """
@@ -24,8 +24,8 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
-from harness.config import ConfigError
-from harness.data.encoder_input import EncoderTraining, InputConvention
+from core.config import ConfigError
+from core.data.encoder_input import EncoderTraining, InputConvention
 
 LAYERS = ("pooled", "conv5_maxpool")  # global average pool of layer4, or IIC's (1,2,2) max-pooled, flattened conv5
 MODALITIES = ("rgb", "residual", "flow")

@@ -8,7 +8,7 @@ videos (its whole class), unlike *instance-level* recall, where exactly one gall
 same video, another view) is relevant. Class-level recall is what the UCF101/HMDB51 retrieval
 tables of VCOP, IIC, CoCLR and MSCL report, so those numbers are comparable with ours. Every
 R@k comes with its 95% bootstrap interval over test videos (``R<k>_ci_low``, ``R<k>_ci_high``,
-:mod:`evaluation.uncertainty`), which resamples the per-query hit/miss outcomes at that k.
+:mod:`core.uncertainty`), which resamples the per-query hit/miss outcomes at that k.
 
 ``center=True`` is the CoCLR/MSCL variant: before normalising, each set (gallery, queries) has its
 OWN mean feature subtracted, which removes an offset shared by a whole split; results under the
@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from evaluation.protocols import RetrievalProtocol
-from evaluation.uncertainty import with_interval
+from core.uncertainty import with_interval
 
 Array = torch.Tensor | np.ndarray
 
@@ -111,7 +111,7 @@ def evaluate_retrieval(
     """Recall@k for ``protocol.ks``: test videos query the train gallery (optionally mean-centred).
 
     Returns ``R<k>`` and its 95% bootstrap interval over test videos, ``R<k>_ci_low`` and
-    ``R<k>_ci_high`` (:func:`evaluation.uncertainty.with_interval` of the per-query hits).
+    ``R<k>_ci_high`` (:func:`core.uncertainty.with_interval` of the per-query hits).
     """
     gallery, queries = _features(train_feats, "train_feats"), _features(test_feats, "test_feats")
     if protocol.center:

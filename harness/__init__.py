@@ -1,3 +1,2 @@
-"""vsbench's shared engine: data pipeline, training loop, tracking, suites and reports."""
-
-__version__ = "0.1.0"
+"""vsbench's engine: the training loop, suites, reports and the command line, on top of
+``core``, ``backbones``, ``methods`` and ``evaluation``."""

@@ -26,7 +26,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from harness import __version__
+from core import __version__
 
 
 class UserError(Exception):
@@ -53,7 +53,7 @@ def _add_data_synth(sub) -> None:
 
 
 def _cmd_synth(args) -> int:
-    from harness.data.synthetic import PRESETS, generate_motionshapes
+    from core.data.synthetic import PRESETS, generate_motionshapes
 
     if args.preset not in PRESETS:
         raise UserError(f"--preset: unknown preset {args.preset!r}; choose one of {', '.join(PRESETS)}")
@@ -88,7 +88,7 @@ def _add_data_check(sub) -> None:
 
 
 def _cmd_check(args) -> int:
-    from harness.data.check import check_dataset
+    from core.data.check import check_dataset
 
     if args.split not in ("1", "2", "3", "all"):
         raise UserError(f"--split: expected 1, 2, 3 or all, got {args.split!r}")
@@ -120,7 +120,7 @@ def _add_data_shortcuts(sub) -> None:
 
 
 def _cmd_shortcuts(args) -> int:
-    from harness.data.shortcuts import ShortcutConfig, shortcut_check
+    from core.data.shortcuts import ShortcutConfig, shortcut_check
 
     try:
         config = ShortcutConfig(split=args.split, frames=args.frames, stride=args.stride, size=tuple(args.size), epochs=args.epochs)
@@ -149,8 +149,8 @@ def _add_data_flow(sub) -> None:
 
 
 def _cmd_flow(args) -> int:
-    from harness.data.datasets import open_dataset
-    from harness.data.modalities import compute_flow_cache
+    from core.data.datasets import open_dataset
+    from core.data.modalities import compute_flow_cache
 
     videos = open_dataset(args.data, format=args.format, subset="all")
     out = args.out or Path(args.data) / "flow"
@@ -184,8 +184,8 @@ def _add_data_mds(sub) -> None:
 
 
 def _cmd_mds(args) -> int:
-    from harness.data.datasets import open_dataset
-    from harness.data.mds import MDS_NAME, compute_mds
+    from core.data.datasets import open_dataset
+    from core.data.mds import MDS_NAME, compute_mds
 
     videos = open_dataset(args.data, format=args.format, subset="all")
     root = args.flow_root or Path(args.data) / "flow"
@@ -235,7 +235,7 @@ _PRETRAIN_FLAGS = {"method": "method", "backbone": "backbone", "epochs": "epochs
 
 
 def _parse_set(items: list[str]) -> dict:
-    from harness.config import ConfigError, tomllib
+    from core.config import ConfigError, tomllib
 
     out: dict = {}
     for item in items:
@@ -262,7 +262,7 @@ def _merge(base: dict, extra: dict) -> dict:
 
 
 def _cmd_pretrain(args) -> int:
-    from harness.config import PretrainConfig, from_dict, load_toml
+    from core.config import PretrainConfig, from_dict, load_toml
     from harness.train import pretrain
 
     values = load_toml(args.config) if args.config else {}
@@ -276,7 +276,7 @@ def _cmd_pretrain(args) -> int:
     if not config.data.path:
         raise UserError("no data set: pass --data PATH or set data.path in --config")
     result = pretrain(config, resume=args.resume, config_file=args.config)
-    from harness.distributed import rank
+    from core.distributed import rank
 
     if rank() != 0:
         return 0
@@ -312,7 +312,7 @@ def _add_run(commands) -> None:
 
 
 def _cmd_run(args) -> int:
-    from harness.config import load_toml
+    from core.config import load_toml
     from harness.suite import describe_plan, plan_suite, run_suite
 
     contents = _merge(load_toml(args.suite), _parse_set(args.set))
@@ -357,10 +357,10 @@ def _add_eval(commands) -> None:
 def _cmd_eval(args) -> int:
     from backbones import create_backbone
     from evaluation.evaluate import EvalConfig, eval_data, evaluate_encoder, protocol_tags, resolve_all
-    from harness.config import DataConfig, from_dict
-    from harness.distributed import init_distributed
-    from harness.tracking import Tracker
-    from harness.train import load_checkpoint, saved_training
+    from core.config import DataConfig, from_dict
+    from core.distributed import init_distributed
+    from core.tracking import Tracker
+    from harness.train import load_checkpoint, saved_training, train_classifier
 
     values = _merge({"protocols": [p for p in args.protocols.split(",") if p]}, _parse_set(args.set))
     config = from_dict(EvalConfig, values, where="eval")
@@ -378,7 +378,7 @@ def _cmd_eval(args) -> int:
             tracker.log_params({"training": trained.to_dict()})
         metrics = evaluate_encoder(encoder, data=data, config=config, device=device, finetune_from=str(args.encoder),
                                    backbone=saved["backbone"], output_dir=str(args.encoder.parent / "eval"), run_name="eval",
-                                   trained=trained)
+                                   trained=trained, trainer=train_classifier)
         tracker.log_metrics(metrics, step=0)
     for name, value in sorted(metrics.items()):
         print(f"{name:<32} {value:.4f}")
@@ -401,7 +401,7 @@ def _add_table(commands) -> None:
 
 def _cmd_table(args) -> int:
     from harness.report import format_table_text, report_experiment
-    from harness.tracking import runs_frame
+    from core.tracking import runs_frame
 
     if runs_frame(args.experiment, tracking_uri=args.tracking_uri).empty:
         raise UserError(f"experiment {args.experiment!r} has no runs in {args.tracking_uri or 'the default store'}")
@@ -427,8 +427,8 @@ def _add_sync(commands) -> None:
 
 
 def _cmd_sync(args) -> int:
-    from harness.tracking import FALLBACK_DB, _is_local, resolve_tracking_uri
-    from harness.tracking_sync import sync_fallback
+    from core.tracking import FALLBACK_DB, _is_local, resolve_tracking_uri
+    from core.tracking_sync import sync_fallback
 
     uri = resolve_tracking_uri(args.tracking_uri)
     fallback = args.fallback or Path(FALLBACK_DB)
@@ -511,11 +511,11 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``vsbench`` console script."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)  # before the imports below (torch, timm), so that --help answers at once
-    from harness.config import ConfigError, UnknownNameError
-    from harness.data.datasets import DatasetError
-    from harness.data.symmetry import SymmetryError
-    from harness.data.video import CorruptVideo
-    from harness.io import LockTimeout, RunFolderLocked
+    from core.config import ConfigError, UnknownNameError
+    from core.data.datasets import DatasetError
+    from core.data.symmetry import SymmetryError
+    from core.data.video import CorruptVideo
+    from core.io import LockTimeout, RunFolderLocked
     from harness.train import CheckpointError, ForeignCheckpoint, NonFiniteLoss, NothingTrained
 
     try:

@@ -22,7 +22,7 @@ Mean ± std over seeds, or one seed's bootstrap interval
     A cell is the mean over the row's seeds, followed by ``± std`` (sample std, ddof=1) when
     two or more seeds contributed. With one seed it is the value followed by its 95% bootstrap
     interval over test videos, ``value [low, high]`` (same unit and decimals as the value), when
-    the run logged ``<metric>_ci_low`` and ``<metric>_ci_high`` (:mod:`evaluation.uncertainty`:
+    the run logged ``<metric>_ci_low`` and ``<metric>_ci_high`` (:mod:`core.uncertainty`:
     retrieval R@k, linear, kNN and fine-tune top-1); otherwise the value alone. A run that logged
     only one of the two bounds is an error. ``params (M)`` is a property of the architecture: it
     is shown without ``± 0.00`` when every seed agrees.
@@ -64,17 +64,16 @@ Outputs
     :func:`results_table` (formatted strings; the numbers ride along in ``table.attrs``),
     :func:`results_numbers` (long-form numbers, with ``std`` and the single seed's ``ci_low``,
     ``ci_high``), :func:`write_table` (markdown + CSV, written atomically),
-    :func:`plot_recall_curves` (bands: ± std, or one seed's interval), :func:`plot_retrieval_examples`,
+    :func:`plot_recall_curves` (bands: ± std, or one seed's interval),
     :func:`format_table_text` and :func:`report_experiment`, which does all of it for one
     experiment.
 """
 
 from __future__ import annotations
 
-import io
 import math
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,7 +81,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from harness.io import write_bytes_atomic, write_text_atomic
+from core.figures import new_figure, save_png
+from core.io import write_text_atomic
 
 __all__ = [
     "COLUMNS",
@@ -96,7 +96,6 @@ __all__ = [
     "format_table_text",
     "numbers_of",
     "plot_recall_curves",
-    "plot_retrieval_examples",
     "report_experiment",
     "results_numbers",
     "results_table",
@@ -146,7 +145,7 @@ REFERENCE_ROWS = ("random init", "supervised")
 #: Columns of :func:`results_numbers` (and of the CSV :func:`write_table` writes).
 NUMBER_COLUMNS = ["row", "backbone", "column", "metric", "protocol", "protocol_hash", "unit", "mean", "std",
                   "ci_low", "ci_high", "n"]
-#: Suffixes of the logged bootstrap interval of a metric (:mod:`evaluation.uncertainty`).
+#: Suffixes of the logged bootstrap interval of a metric (:mod:`core.uncertainty`).
 CI_SUFFIXES = ("_ci_low", "_ci_high")
 #: The rows every compared cell is tested against, with the mark of "not distinguishable from it".
 MARKS = {"random init": "≈R", "moco": "≈M"}
@@ -459,7 +458,7 @@ def _notes(res: _Results) -> list[str]:
 def results_table(frame: pd.DataFrame, *, parent_run_id: str | None = None) -> pd.DataFrame:
     """The results table of a suite: formatted strings, one line per row (and backbone).
 
-    ``frame`` is :func:`harness.tracking.runs_frame`'s; ``parent_run_id`` keeps only the
+    ``frame`` is :func:`core.tracking.runs_frame`'s; ``parent_run_id`` keeps only the
     children of that suite run. Index: ``row`` (or ``row, backbone`` when several backbones
     are present); columns as in the module docstring, split by protocol hash where the hashes
     differ, then ``seeds``. Empty strings mark missing numbers.
@@ -575,24 +574,6 @@ def write_table(
 # Plots
 
 
-def _new_figure(**kwargs):
-    """A matplotlib Figure on the Agg canvas (no pyplot, no global backend switch)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(**kwargs)
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _save_png(fig, path: str | os.PathLike, dpi: int) -> Path:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi)
-    path = Path(path)
-    write_bytes_atomic(path, buffer.getvalue())
-    return path
-
-
 def _band(curve: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """Lower and upper edges of the uncertainty band of :func:`results_numbers` records: mean ± std
     over 2+ seeds, the bootstrap interval of one seed, the mean itself (no band) without either."""
@@ -621,7 +602,7 @@ def plot_recall_curves(numbers: pd.DataFrame, path: str | os.PathLike, *, title:
     hashes = _first_seen(recall["protocol_hash"])
     labels = _short_labels(hashes)
     several_backbones = recall["backbone"].nunique() > 1
-    fig = _new_figure(figsize=(6.4, 4.4), layout="constrained")
+    fig = new_figure(figsize=(6.4, 4.4), layout="constrained")
     ax = fig.add_subplot()
     for (row, backbone, h), curve in recall.groupby(["row", "backbone", "protocol_hash"], sort=False):
         curve = curve.sort_values("k")
@@ -639,93 +620,7 @@ def plot_recall_curves(numbers: pd.DataFrame, path: str | os.PathLike, *, title:
     ax.set_title(title or "Video retrieval: recall@k\n(band: ± std over seeds; one seed: 95% bootstrap interval)")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small", loc="lower right")
-    return _save_png(fig, path, dpi=150)
-
-
-def _check_frames(array: np.ndarray, ndim: int, what: str) -> np.ndarray:
-    array = np.asarray(array)
-    if array.dtype != np.uint8:
-        raise TypeError(f"{what} must be uint8 frames, got {array.dtype}")
-    if array.ndim != ndim or array.shape[-1] != 3 or 0 in array.shape:
-        dims = "(N, frames, H, W, 3)" if ndim == 5 else "(N, K, frames, H, W, 3)"
-        raise ValueError(f"{what} must have shape {dims}, got {array.shape}")
-    return array
-
-
-def _strip(frames: np.ndarray, max_frames: int, gap: int = 2) -> np.ndarray:
-    """Up to ``max_frames`` evenly spaced frames side by side, separated by white columns."""
-    picked = np.linspace(0, len(frames) - 1, min(len(frames), max_frames)).round().astype(int)
-    h = frames.shape[1]
-    white = np.full((h, gap, 3), 255, np.uint8)
-    parts = []
-    for i in picked:
-        parts += [frames[i], white]
-    return np.concatenate(parts[:-1], axis=1)
-
-
-def _class_name(class_names: Sequence[str] | Mapping[int, str], label: int) -> str:
-    try:
-        return str(class_names[label])
-    except (IndexError, KeyError, TypeError):
-        return str(label)
-
-
-def _frame_axes(ax, color: str, width: float) -> None:
-    ax.set_xticks([])
-    ax.set_yticks([])
-    for spine in ax.spines.values():
-        spine.set_edgecolor(color)
-        spine.set_linewidth(width)
-
-
-def plot_retrieval_examples(
-    query_frames: np.ndarray,
-    neighbour_frames: np.ndarray,
-    query_labels: Sequence[int] | np.ndarray,
-    neighbour_labels: Sequence[Sequence[int]] | np.ndarray,
-    class_names: Sequence[str] | Mapping[int, str],
-    path: str | os.PathLike,
-    *,
-    max_frames: int = 4,
-    dpi: int = 100,
-) -> Path:
-    """Draw retrieval examples: per line, a query clip's frame strip, then its neighbours' strips.
-
-    ``query_frames`` uint8 (N, frames, H, W, 3); ``neighbour_frames`` uint8 (N, K, frames, H,
-    W, 3), nearest first; ``query_labels`` (N,) and ``neighbour_labels`` (N, K) class indices
-    into ``class_names``. Each strip shows up to ``max_frames`` evenly spaced frames. A
-    neighbour is framed (and titled) green when its class matches the query's, red otherwise;
-    the query is framed black. The caller picks and loads the clips; this only draws. PNG.
-    """
-    queries = _check_frames(query_frames, 5, "query_frames")
-    neighbours = _check_frames(neighbour_frames, 6, "neighbour_frames")
-    q_labels = np.asarray(query_labels).reshape(-1)
-    n_labels = np.asarray(neighbour_labels)
-    n, k = neighbours.shape[:2]
-    if len(queries) != n or q_labels.shape != (n,) or n_labels.shape != (n, k):
-        raise ValueError(f"need N queries with N labels and (N, K) neighbours and labels; got {len(queries)} queries, "
-                         f"labels {q_labels.shape}, neighbours {neighbours.shape[:2]}, neighbour labels {n_labels.shape}")
-    if max_frames < 1:
-        raise ValueError(f"max_frames must be >= 1, got {max_frames}")
-    sample = _strip(queries[0], max_frames)
-    strip_h = 1.1  # inches
-    strip_w = strip_h * sample.shape[1] / sample.shape[0]
-    fig = _new_figure(figsize=((k + 1) * (strip_w + 0.15), n * (strip_h + 0.35)), layout="constrained")
-    axes = fig.subplots(n, k + 1, squeeze=False)
-    for i in range(n):
-        query_class = int(q_labels[i])
-        ax = axes[i, 0]
-        ax.imshow(_strip(queries[i], max_frames), interpolation="nearest")
-        ax.set_title(f"query: {_class_name(class_names, query_class)}", fontsize=8, fontweight="bold")
-        _frame_axes(ax, "black", 2.0)
-        for j in range(k):
-            label = int(n_labels[i, j])
-            color = "#1a9850" if label == query_class else "#d73027"
-            ax = axes[i, j + 1]
-            ax.imshow(_strip(neighbours[i, j], max_frames), interpolation="nearest")
-            ax.set_title(f"#{j + 1} {_class_name(class_names, label)}", fontsize=8, color=color)
-            _frame_axes(ax, color, 4.0)
-    return _save_png(fig, path, dpi=dpi)
+    return save_png(fig, path, dpi=150)
 
 
 # --------------------------------------------------------------------------------------------
@@ -743,14 +638,14 @@ def report_experiment(
 ) -> dict[str, Any]:
     """Build the report of one experiment: ``results.md``, ``results.csv``, ``recall_curves.png``.
 
-    Reads the runs with :func:`~harness.tracking.runs_frame` (only the children of
+    Reads the runs with :func:`~core.tracking.runs_frame` (only the children of
     ``parent_run_id`` if given, else every run of the experiment, the latest per seed), builds
     :func:`results_table`, writes it with :func:`write_table` and plots the recall curves (when
     any run has retrieval numbers). Deterministic: the same store gives byte-identical files.
 
     Returns ``{"markdown": Path, "csv": Path, "recall_plot": Path | None, "table": DataFrame}``.
     """
-    from harness.tracking import runs_frame
+    from core.tracking import runs_frame
 
     frame = runs_frame(experiment, tracking_uri=tracking_uri, parent_run_id=parent_run_id)
     table = results_table(frame, parent_run_id=parent_run_id)

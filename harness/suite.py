@@ -7,7 +7,7 @@ A suite file (TOML) looks like::
     backbones = ["r3d_tiny"]
     methods = ["moco"]                  # default: every registered method
 
-    [data]                              # harness.config.DataConfig
+    [data]                              # core.config.DataConfig
     path = "data/motionshapes-small"
     [data.synth]                        # optional: generate MotionShapes there first if absent
     preset = "small"
@@ -44,7 +44,7 @@ paper values the suite changed (tag ``setup.changed``); the table labels the row
 the suite's rows use.
 
 ``vsbench run SUITE`` opens a parent MLflow run (an interrupted invocation's parent is continued
-by the next one with the same settings: ``suite_run.json``, a :class:`~harness.io.RunMemo`) and a child run per
+by the next one with the same settings: ``suite_run.json``, a :class:`~core.io.RunMemo`) and a child run per
 (row, backbone, seed), evaluates every encoder with the suite's protocols (metrics
 ``eval/<protocol>/<metric>`` on the same child run), and ends with the comparison table. A run
 whose configuration and protocols match a FINISHED run of the experiment is skipped unless
@@ -75,11 +75,11 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.config import ConfigError, DataConfig, PretrainConfig, config_hash, from_dict, load_toml, to_dict
-from harness.io import RunMemo
+from core.config import ConfigError, DataConfig, PretrainConfig, config_hash, from_dict, load_toml, to_dict
+from core.io import RunMemo
 
 log = logging.getLogger(__name__)
-SUITE_RUN = "suite_run.json"  # in the suite's output folder: its parent MLflow run (harness.io.RunMemo)
+SUITE_RUN = "suite_run.json"  # in the suite's output folder: its parent MLflow run (core.io.RunMemo)
 
 
 @dataclass
@@ -261,7 +261,7 @@ def _check_before_running(suite: Suite, registered: list[str], rows: list[tuple[
 def _check_against_data(suite: Suite) -> None:
     """The evaluation settings against the data: the split, the gallery size, decodable videos."""
     from evaluation.evaluate import eval_data
-    from harness.data.datasets import DatasetError
+    from core.data.datasets import DatasetError
 
     evaluation = eval_config(suite)
     _check_eval_split(suite, evaluation)
@@ -307,7 +307,7 @@ def ensure_data(suite: Suite, *, generate: bool = True) -> None:
     with ``generate=False`` (a dry run, which writes nothing) missing data is an error instead."""
     if not suite.synth or (Path(suite.data.path) / "ucfTrainTestlist" / "classInd.txt").exists():
         return
-    from harness.data.synthetic import PRESETS, generate_motionshapes
+    from core.data.synthetic import PRESETS, generate_motionshapes
 
     options = dict(suite.synth)
     preset = options.pop("preset", "small")
@@ -355,9 +355,9 @@ def run_suite(path: str | Path, *, contents: dict | None = None, force: bool = F
     (default ``vsbench run <path>``), written under the table and tagged on the parent run; with
     ``--set`` options it names them, and the parent run holds the suite as resolved
     (``suite_resolved.json``), so a table never hides what changed its settings."""
-    from harness.data.cache import reserve as reserve_frame_cache
-    from harness.tracking import Tracker
-    from harness.tracking_sync import sync_if_needed
+    from core.data.cache import reserve as reserve_frame_cache
+    from core.tracking import Tracker
+    from core.tracking_sync import sync_if_needed
 
     suite, runs = plan_suite(path, contents=contents)
     sync_if_needed(tracking_uri)  # runs of an earlier invocation that fell back while the server was down count as done
@@ -422,7 +422,7 @@ def _start_afresh(output_dir: str, *run_names: str, tracking_uri: str | None = N
 def _end_abandoned(memo: RunMemo, what: str, tracking_uri: str | None) -> None:
     """``--force``: the MLflow run ``memo`` names, if an interrupted attempt left it RUNNING, is
     marked KILLED (the forced run is a new one)."""
-    from harness.tracking import end_abandoned_run
+    from core.tracking import end_abandoned_run
 
     run_id = memo.recorded()
     if run_id and end_abandoned_run(run_id, tracking_uri=tracking_uri):
@@ -439,7 +439,7 @@ def _skip_key(*parts) -> str:
 
 
 def _finished(experiment: str, key: str, tracking_uri: str | None) -> str | None:
-    from harness.tracking import find_finished_runs
+    from core.tracking import find_finished_runs
 
     done = find_finished_runs(experiment, "suite_key", key, tracking_uri=tracking_uri)
     return done[0] if done else None
@@ -447,7 +447,7 @@ def _finished(experiment: str, key: str, tracking_uri: str | None) -> str | None
 
 def _pretrain_and_evaluate(item: SuiteRun, suite: Suite, evaluation, parent_id: str, force: bool, tracking_uri) -> dict:
     from evaluation.evaluate import evaluate_encoder, finetune_run_name, protocol_tags
-    from harness.train import Pretraining, run_tracked
+    from harness.train import Pretraining, run_tracked, train_classifier
 
     config = dataclasses.replace(item.config, tracking_uri=tracking_uri)
     if force:
@@ -467,7 +467,7 @@ def _pretrain_and_evaluate(item: SuiteRun, suite: Suite, evaluation, parent_id: 
                                    cache_dir=Path(config.output_dir) / "features", finetune_from=str(result.encoder_path),
                                    backbone=config.backbone, seed=config.seed, output_dir=config.output_dir, run_name=config.run_name,
                                    examples_path=examples if run.dist.is_main else None,
-                                   trained=run.encoder_training())
+                                   trained=run.encoder_training(), trainer=train_classifier)
         tracker.log_metrics(metrics, step=result.steps)
         if examples.exists():
             tracker.log_artifact(examples)
@@ -486,9 +486,10 @@ def _reference_row(row: str, backbone: str, seed: int, suite: Suite, evaluation,
     from backbones import create_backbone
     from evaluation.evaluate import evaluate_encoder, protocol_tags
     from evaluation.finetune import classifier_training, run_finetune
-    from harness.data.encoder_input import EncoderTraining
-    from harness.distributed import init_distributed
-    from harness.tracking import Tracker
+    from core.data.encoder_input import EncoderTraining
+    from core.distributed import init_distributed
+    from core.tracking import Tracker
+    from harness.train import train_classifier
 
     experiment = suite.experiment or suite.name
     pretrain = from_dict(PretrainConfig, {k: v for k, v in suite.pretrain.items() if k != "method_args"})
@@ -510,7 +511,8 @@ def _reference_row(row: str, backbone: str, seed: int, suite: Suite, evaluation,
         no_finetune = dataclasses.replace(evaluation, protocols=[p for p in evaluation.protocols if p != "finetune"])
         if row == "supervised":
             ft, encoder = run_finetune(evaluation.finetune, backbone=backbone, data=suite.data, init_encoder=None, seed=seed,
-                                       device=str(device), output_dir=pretrain.output_dir, run_name=name, workers=evaluation.workers)
+                                       device=str(device), output_dir=pretrain.output_dir, run_name=name, workers=evaluation.workers,
+                                       trainer=train_classifier)
             metrics |= {f"eval/finetune/{k}": v for k, v in ft.items()}
         else:
             torch.manual_seed(seed)
@@ -530,7 +532,7 @@ def _report(suite: Suite, experiment: str, parent, tracking_uri, command: str) -
     Reads the whole experiment, not only this invocation's children: runs skipped as finished
     belong to an earlier parent, and the report keeps the latest run per (row, backbone, seed)."""
     from harness.report import format_table_text, report_experiment
-    from harness.tracking import runtime_tags
+    from core.tracking import runtime_tags
 
     out_dir = Path(suite.pretrain.get("output_dir", "runs")) / "report"
     env = runtime_tags()

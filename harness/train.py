@@ -1,7 +1,7 @@
 """The pretraining loop every method shares.
 
 One optimizer step: take ``accumulate`` uint8 micro-batches from the loader, move them to the
-device, augment them there (per-clip parameters, see :mod:`harness.data.transforms`), call the
+device, augment them there (per-clip parameters, see :mod:`core.data.transforms`), call the
 method's ``training_step`` under bf16 autocast (CUDA; fp32 on CPU), check the loss is finite,
 backpropagate, clip, step the timm optimizer and scheduler, and run the method's
 ``after_optimizer_step`` hook (momentum encoders, queues).
@@ -22,11 +22,11 @@ Its cost (training time, clips, peak memory) and last loss are totals over all i
 reports those stored totals, and a total that is unknown is reported as NaN and never logged.
 
 One process at a time trains in a run folder: rank 0 holds the folder's lock (``run.lock``,
-:func:`harness.io.run_folder_lock`) while a run trains and is tracked, and a second process is
-refused at once with :class:`~harness.io.RunFolderLocked`, naming the holder. A killed and resumed
+:func:`core.io.run_folder_lock`) while a run trains and is tracked, and a second process is
+refused at once with :class:`~core.io.RunFolderLocked`, naming the holder. A killed and resumed
 run is one MLflow run: ``mlflow_run.json`` in the run folder names the MLflow run it logs to, and
 a resumed segment continues that run (see "Continuing an interrupted run" in
-:mod:`harness.tracking`); metrics are sent to MLflow before every checkpoint, so a crash loses
+:mod:`core.tracking`); metrics are sent to MLflow before every checkpoint, so a crash loses
 none of the steps the checkpoint holds.
 
 Batch size means the *global* batch of one optimizer step: each rank loads
@@ -56,16 +56,17 @@ from timm.scheduler import create_scheduler_v2
 from tqdm.auto import tqdm
 
 from backbones import create_backbone
-from harness.config import ConfigError, PretrainConfig, config_hash, resolve_recipe, to_dict
-from harness.data.cache import reserve as reserve_frame_cache
-from harness.data.datasets import VideoDataset, open_dataset
-from harness.data.encoder_input import EncoderTraining, training_stride
-from harness.data.loader import LoadRequest, VideoLoader, make_loader
-from harness.data.sampling import ClipSpec
-from harness.data.symmetry import check_flip
-from harness.data.transforms import VideoAugment
-from harness.distributed import DistInfo, convert_sync_batchnorm, init_distributed
-from harness.io import RunFolderLocked, RunMemo, atomic_write, remove_stale_temp_files, run_folder_lock, write_json_atomic
+from core.config import ConfigError, PretrainConfig, config_hash, resolve_recipe, to_dict
+from core.data.cache import reserve as reserve_frame_cache
+from core.data.datasets import VideoDataset, open_dataset
+from core.data.encoder_input import EncoderTraining, training_stride
+from core.data.loader import LoadRequest, VideoLoader, make_loader
+from core.data.sampling import ClipSpec
+from core.data.symmetry import check_flip
+from core.data.transforms import VideoAugment
+from core.distributed import DistInfo, convert_sync_batchnorm, init_distributed
+from core.io import RunFolderLocked, RunMemo, atomic_write, remove_stale_temp_files, run_folder_lock, write_json_atomic
+from evaluation.finetune import TrainedClassifier
 from methods.base import DataSpec, Method, Recipe, StepOutput, TrainState, config_dict, create_method, get_method
 
 log = logging.getLogger(__name__)
@@ -292,7 +293,7 @@ def _name_some(names: list[str], limit: int = 5) -> str:
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
-    """``torch.save`` through :func:`harness.io.atomic_write`: a crash never leaves half a checkpoint."""
+    """``torch.save`` through :func:`core.io.atomic_write`: a crash never leaves half a checkpoint."""
     with atomic_write(path) as f:
         torch.save(state, f)
 
@@ -449,7 +450,7 @@ class Pretraining:
     def folder_locked(self) -> Iterator[None]:
         """Hold the run folder's lock for the ``with`` block (rank 0; the outermost block of this
         run takes it, nested ones share it): another process training here raises
-        :class:`~harness.io.RunFolderLocked`. So does a checkpoint that another process wrote
+        :class:`~core.io.RunFolderLocked`. So does a checkpoint that another process wrote
         after this run read it to resume: continuing from the older one would undo that work."""
         if self._locked or not self.dist.is_main:
             yield
@@ -798,7 +799,7 @@ def run_tracked(
 
 
 def _train_and_track(run: Pretraining, *, parent_run_id, tags, config_file, after) -> PretrainResult:
-    from harness.tracking import Tracker
+    from core.tracking import Tracker
 
     config = run.config
     run_tags = {"config_hash": run.hash, "dataset_fingerprint": run.videos.fingerprint(), "method": config.method,
@@ -824,3 +825,11 @@ def _train_and_track(run: Pretraining, *, parent_run_id, tags, config_file, afte
             after(run, result, tracker)
         result.run_id = tracker.run_id
     return result
+
+
+def train_classifier(config: PretrainConfig) -> TrainedClassifier:
+    """The fine-tune protocol's trainer (:data:`evaluation.finetune.Trainer`): this loop, resumable,
+    on the config :func:`evaluation.finetune.finetune_config` built."""
+    run = Pretraining(config, resume=True)
+    result = run.run()
+    return TrainedClassifier(model=run.method, device=run.dist.device, wall_time_s=result.wall_time_s)

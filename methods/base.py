@@ -39,9 +39,9 @@ from typing import Any, ClassVar
 import torch
 import torch.nn as nn
 
-from harness.config import UnknownNameError
-from harness.data.encoder_input import InputConvention
-from harness.data.transforms import AugmentConfig
+from core.config import UnknownNameError
+from core.data.encoder_input import InputConvention
+from core.data.transforms import AugmentConfig
 
 ENTRY_POINT_GROUP = "vsbench.methods"
 Stride = float | tuple[float, float]
@@ -58,7 +58,7 @@ class DataSpec:
     shared_crop: bool = False  # one crop/flip for all clips of a video (RGB and flow of a clip always share)
     augment: AugmentConfig = AugmentConfig()  # per-clip device augmentation (the paper's recipe)
     decode_size: tuple[int, int] | None = (128, 171)  # (H, W) frames are resized to while decoding
-    sampler: str | None = None  # a named clip sampler (harness.data.sampling registry); None = independent random clips
+    sampler: str | None = None  # a named clip sampler (core.data.sampling registry); None = independent random clips
     flow_flip_negates_u: bool = True  # a flip negates u (flow as vectors); False flips the field only (colour-coded flow)
 
 
@@ -222,7 +222,7 @@ def get_method(name: str) -> type[Method]:
 
 def build_config(cls: type[Method], overrides: dict | None = None) -> Any:
     """The method's Config with the paper's defaults, updated by ``overrides`` (unknown keys are errors)."""
-    from harness.config import from_dict
+    from core.config import from_dict
 
     return from_dict(cls.Config, overrides or {}, where=f"method.{cls.name}")
 

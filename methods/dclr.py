@@ -131,9 +131,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from harness.data.modalities import dynamic_view
-from harness.data.transforms import AugmentConfig
-from harness.distributed import all_gather, batch_shuffle, batch_unshuffle, has_sync_bn, is_distributed, shuffle_bn_forward
+from core.data.modalities import dynamic_view
+from core.data.transforms import AugmentConfig
+from core.distributed import all_gather, batch_shuffle, batch_unshuffle, has_sync_bn, is_distributed, shuffle_bn_forward
 from methods.base import DataSpec, Method, Recipe, StepOutput, TrainState, decode_size_for_crop, register_method
 from methods.losses import (
     MLPHead,

@@ -77,9 +77,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from harness.data.modalities import residual_frames, static_view
-from harness.data.transforms import AugmentConfig
-from harness.distributed import all_gather
+from core.data.modalities import residual_frames, static_view
+from core.data.transforms import AugmentConfig
+from core.distributed import all_gather
 from methods.base import DataSpec, Method, Recipe, StepOutput, TrainState, decode_size_for_crop, register_method
 from methods.losses import MemoryBank, fp32_matmul
 

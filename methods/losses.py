@@ -11,7 +11,7 @@ method, so anything two of them share lives here. Conventions:
   product (``@``, ``einsum``, ``bmm``) runs in bf16 even on float32 operands. bf16 keeps 8
   significant bits: a norm-20 query (IIC's raw feature) against unit rows is off by up to 0.029,
   0.42 after 1/T with T = 0.07 (the command is in docs/methods/iic.md). The backbones and heads stay under autocast; only these small products leave it.
-- Distributed: gathering features across ranks is the caller's job (``harness.distributed``);
+- Distributed: gathering features across ranks is the caller's job (``core.distributed``);
   the docstrings say what must be global. Only :func:`sinkhorn_knopp` talks to
   ``torch.distributed`` itself, because its marginals are sums over the global batch.
 - State (queues, banks, pointers, ages) lives in buffers, so it is checkpointed by

@@ -64,7 +64,7 @@ divided by the global batch ``B_g``; False gives the plain per-row soft cross-en
 Deviations from the official code, and why:
 
 - Any world size: the original's ``all_gather(..., num_replicas=4)`` hard-codes 4 GPUs (and
-  asserts it). Here ``harness.distributed.all_gather_with_grad`` gathers over the actual world
+  asserts it). Here ``core.distributed.all_gather_with_grad`` gathers over the actual world
   (``gather="local"``, default: only the local slice keeps its gradient, as the original;
   ``"full"`` makes a DDP step equal the single-process step on the global batch). A single
   process works too (the original refuses to run without DDP).
@@ -122,8 +122,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from harness.data.transforms import AugmentConfig
-from harness.distributed import all_gather, all_gather_with_grad, convert_sync_batchnorm, rank
+from core.data.transforms import AugmentConfig
+from core.distributed import all_gather, all_gather_with_grad, convert_sync_batchnorm, rank
 from methods.base import DataSpec, Method, Recipe, StepOutput, TrainState, decode_size_for_crop, register_method
 from methods.losses import capped_queue_size, fp32_einsum, fp32_matmul, sinkhorn_knopp
 

@@ -36,8 +36,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from harness.data.transforms import AugmentConfig
-from harness.distributed import all_gather, has_sync_bn, shuffle_bn_forward
+from core.data.transforms import AugmentConfig
+from core.distributed import all_gather, has_sync_bn, shuffle_bn_forward
 from methods.base import DataSpec, Method, Recipe, StepOutput, TrainState, register_method
 from methods.losses import MLPHead, MoCoQueue, capped_queue_size, ema_update, moco_logits
 

@@ -6,7 +6,7 @@ own (intra-modal) losses they are contrasted across modalities at clip level, an
 Contrastive Learning (LMCL) matches every time step of the RGB feature map to the flow feature of
 the same time step. Flow Rotation Augmentation (FRA) rotates every flow vector of a clip by one
 angle, giving "motion-shuffled" flow, and Motion Differential Sampling (MDS) trains only on clip
-starts whose motion changes most (offline, :mod:`harness.data.mds`). Reimplemented from the
+starts whose motion changes most (offline, :mod:`core.data.mds`). Reimplemented from the
 description of the official code (``megvii-research/MSCL``: ``mmaction/models/recognizers/
 {mscl.py, moco.py}``, ``heads/{moco_head_v2.py, local_cl_head.py}``, ``necks/{base.py, fpn.py}``,
 ``datasets/pipelines/{transforms_motion.py, loading_mscl.py}``, ``common/ssl_aug.py``,
@@ -67,14 +67,14 @@ the code does.
 Deviations from the official code, and why:
 
 - Flow: the cache holds consecutive-frame flow (RGB index t gets t -> t + 1, DIS or TV-L1, see
-  :mod:`harness.data.modalities`), not RAFT flow from t to t + 8 raw frames; it is stored
+  :mod:`core.data.modalities`), not RAFT flow from t to t + 8 raw frames; it is stored
   quantised (+-20 px, 8 bit), so values within half a quantisation step of zero are set to
   exactly zero before the per-frame normalisation (otherwise a static frame, whose flow is
   +-0.08 px of quantisation offset, would be normalised into a saturated field).
 - Time: ``stride`` is in raw frames (16 = the original's 8 units of 2 frames), so suites can shrink
   it; indices past a video's end loop, as the original's "loop" option. MDS scores every raw
   frame as a candidate start, by default at the training stride (the shipped screening used 4
-  units against a training stride of 8); its choices are in :mod:`harness.data.mds`. The query
+  units against a training stride of 8); its choices are in :mod:`core.data.mds`. The query
   start follows the original's retry rule exactly, and so does the key start by default
   (``key_snap="official"``: the original's scan of the chosen starts from the pick 0, which is
   not always the nearest chosen start; ``key_snap="nearest"`` snaps to the nearest one, the
@@ -121,11 +121,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import harness.data.mds  # noqa: F401  (registers the "mds" clip sampler this method asks for)
+import core.data.mds  # noqa: F401  (registers the "mds" clip sampler this method asks for)
 from backbones import create_backbone
-from harness.data.modalities import dequantize_flow01, flow_to_color, normalize_flow_per_frame, rotate_flow
-from harness.data.transforms import AugmentConfig
-from harness.distributed import all_gather, has_sync_bn, shuffle_bn_forward
+from core.data.modalities import dequantize_flow01, flow_to_color, normalize_flow_per_frame, rotate_flow
+from core.data.transforms import AugmentConfig
+from core.distributed import all_gather, has_sync_bn, shuffle_bn_forward
 from methods.base import DataSpec, Method, Recipe, StepOutput, TrainState, register_method
 from methods.losses import MLPHead, MoCoQueue, capped_queue_size, cosine_momentum, ema_update, fp32_matmul, moco_logits
 
@@ -177,8 +177,8 @@ class MSCLConfig:
             raise ValueError("layout='shipped' mixes rotated and unrotated flow: it needs flow_rotation=True")
         if self.flow_ema_per_step not in (1, 2):
             raise ValueError(f"flow_ema_per_step must be 1 or 2, got {self.flow_ema_per_step}")
-        if self.key_snap not in harness.data.mds.KEY_SNAPS:
-            raise ValueError(f"key_snap must be one of {', '.join(harness.data.mds.KEY_SNAPS)}, got {self.key_snap!r}")
+        if self.key_snap not in core.data.mds.KEY_SNAPS:
+            raise ValueError(f"key_snap must be one of {', '.join(core.data.mds.KEY_SNAPS)}, got {self.key_snap!r}")
         if self.temperature <= 0 or self.lmcl_temperature <= 0 or not 0 < self.queue_decay <= 1:
             raise ValueError(f"need positive temperatures and 0 < queue_decay <= 1, got {self}")
         if not 0 <= self.momentum_base <= 1:

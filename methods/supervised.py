@@ -9,7 +9,7 @@ the fine-tune protocol. It is marked ``reference = True`` so suites do not list 
 Augmentation follows the fine-tune recipes of the seed papers (IIC, VCOP): random crop and
 horizontal flip, no colour augmentation. The clips are then fed as the config's input convention
 says (``modality``, ``value_range``, ``normalize``: by default ImageNet-normalised RGB), through the
-same :func:`~harness.data.encoder_input.to_encoder_input` the evaluation protocols use, so a
+same :func:`~core.data.encoder_input.to_encoder_input` the evaluation protocols use, so a
 fine-tuned encoder sees what it was pretrained on (IIC's: [0, 1] RGB, not normalised).
 """
 
@@ -21,8 +21,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from harness.data.encoder_input import InputConvention, to_encoder_input
-from harness.data.transforms import AugmentConfig
+from core.data.encoder_input import InputConvention, to_encoder_input
+from core.data.transforms import AugmentConfig
 from methods.base import DataSpec, Method, Recipe, StepOutput, TrainState, register_method
 
 
@@ -37,7 +37,7 @@ class SupervisedConfig:
     dropout: float = 0.5
     flip: bool = True  # random horizontal flip (the papers' fine-tune recipes); off for data a flip relabels
     crop_scale: tuple[float, float] = (0.5, 1.0)  # area fraction of the random crop
-    modality: str = "rgb"  # rgb | residual: what the backbone is fed (harness.data.encoder_input)
+    modality: str = "rgb"  # rgb | residual: what the backbone is fed (core.data.encoder_input)
     value_range: tuple[float, float] = (0.0, 1.0)
     normalize: bool = True  # ImageNet mean/std
 

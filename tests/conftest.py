@@ -2,7 +2,7 @@
 
 import pytest
 
-from harness.data.synthetic import PRESETS, generate_motionshapes
+from core.data.synthetic import PRESETS, generate_motionshapes
 
 
 @pytest.fixture(scope="session")

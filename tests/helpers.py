@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from harness.data.video import write_video
+from core.data.video import write_video
 
 
 def level_frames(n: int, height: int = 32, width: int = 64) -> np.ndarray:

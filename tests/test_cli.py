@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 
 from harness.cli import main
-from harness.data.datasets import load_ucf101
-from harness.data.modalities import read_flow
-from harness.data.synthetic import CLASS_NAMES
+from core.data.datasets import load_ucf101
+from core.data.modalities import read_flow
+from core.data.synthetic import CLASS_NAMES
 from tests.helpers import truncate
 
 

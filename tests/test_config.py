@@ -2,7 +2,7 @@
 
 import pytest
 
-from harness.config import ConfigError, PretrainConfig, config_hash, from_dict, resolve_recipe
+from core.config import ConfigError, PretrainConfig, config_hash, from_dict, resolve_recipe
 from methods.base import Recipe, build_config, get_method
 
 

@@ -9,10 +9,10 @@ import av
 import pytest
 
 from harness.cli import main
-from harness.data.datasets import DatasetError, load_csv, load_hmdb51, load_ucf101
-from harness.data.loader import ClipDataset, LoadRequest, make_loader
-from harness.data.sampling import ClipSpec, frames_needed
-from harness.data.video import CorruptVideo, probe_video, read_frames, write_video
+from core.data.datasets import DatasetError, load_csv, load_hmdb51, load_ucf101
+from core.data.loader import ClipDataset, LoadRequest, make_loader
+from core.data.sampling import ClipSpec, frames_needed
+from core.data.video import CorruptVideo, probe_video, read_frames, write_video
 from tests.helpers import frame_level, level_frames, truncate, write_ucf_like
 
 

@@ -5,8 +5,8 @@ import os
 
 import pytest
 
-from harness.data.datasets import DatasetError, load_csv, load_hmdb51, load_ucf101, open_dataset
-from harness.data.video import write_video
+from core.data.datasets import DatasetError, load_csv, load_hmdb51, load_ucf101, open_dataset
+from core.data.video import write_video
 from tests.helpers import level_frames, truncate, write_ucf_like
 
 

@@ -10,10 +10,10 @@ import torch.multiprocessing as mp
 import torch.nn as nn
 import torch.nn.functional as F
 
-import harness.distributed
+import core.distributed
 import methods.dclr  # noqa: F401  (registers "dclr")
 from backbones import create_backbone
-from harness.distributed import convert_sync_batchnorm
+from core.distributed import convert_sync_batchnorm
 from harness.train import build_optimizer
 from methods.base import Recipe, TrainState, create_method, get_method
 from methods.dclr import (
@@ -87,7 +87,7 @@ def test_data_spec_greys_before_jitter_and_needs_dclr_32_frame_windows():
     # dropped), clip = window[::2], static_idx = randint(0, 32): starts 0..n-32, offsets 0..31.
     import numpy as np
 
-    from harness.data.sampling import ClipSpec, build_sampler, frames_needed
+    from core.data.sampling import ClipSpec, build_sampler, frames_needed
 
     spec = DCLR(DCLR.Config(), create_backbone("r3d_tiny"), dataset_size=64).data_spec()
     assert spec.augment.grey_before_jitter
@@ -321,12 +321,12 @@ def _ddp_step(rank: int, sync_bn: bool) -> dict:
     ddp = nn.parallel.DistributedDataParallel(method, broadcast_buffers=False)
     local = {k: v[rank * 2 : (rank + 1) * 2] for k, v in _batch(b=4).items()}
     shuffles = []
-    real_shuffle = harness.distributed.batch_shuffle  # what shuffle_bn_forward calls
-    harness.distributed.batch_shuffle = lambda x: shuffles.append(x.shape) or real_shuffle(x)
+    real_shuffle = core.distributed.batch_shuffle  # what shuffle_bn_forward calls
+    core.distributed.batch_shuffle = lambda x: shuffles.append(x.shape) or real_shuffle(x)
     try:
         out = ddp(local, TrainState(world_size=WORLD, rank=rank))
     finally:
-        harness.distributed.batch_shuffle = real_shuffle
+        core.distributed.batch_shuffle = real_shuffle
     out.loss.backward()
     loss = out.loss.detach().clone()
     dist.all_reduce(loss)
@@ -382,7 +382,7 @@ def test_ddp_step_with_sync_bn_equals_the_single_process_step(ddp_results):
 
 
 def test_two_harness_steps_on_real_videos_with_the_queue_warmup(motionshapes_tiny, tmp_path):
-    from harness.config import PretrainConfig
+    from core.config import PretrainConfig
     from harness.train import Pretraining
 
     cfg = PretrainConfig(method="dclr", backbone="r3d_tiny", epochs=1, batch_size=4, device="cpu", output_dir=str(tmp_path / "runs"),

@@ -10,7 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from backbones import create_backbone
-from harness.distributed import SyncBatchNorm, all_gather_with_grad, batch_shuffle, batch_unshuffle, convert_sync_batchnorm
+from core.distributed import SyncBatchNorm, all_gather_with_grad, batch_shuffle, batch_unshuffle, convert_sync_batchnorm
 from methods.base import TrainState, create_method
 from tests.helpers import free_port
 

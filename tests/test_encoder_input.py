@@ -15,9 +15,9 @@ from evaluation.finetune import classifier_training, finetune_config
 from evaluation.probes import probe_clips
 from evaluation.protocols import EncoderTraining, FeatureProtocol, FinetuneProtocol, resolve
 from harness.cli import main
-from harness.config import ConfigError, DataConfig, PretrainConfig
-from harness.data.datasets import open_dataset
-from harness.data.encoder_input import InputConvention, to_encoder_input
+from core.config import ConfigError, DataConfig, PretrainConfig
+from core.data.datasets import open_dataset
+from core.data.encoder_input import InputConvention, to_encoder_input
 from harness.train import Pretraining, load_checkpoint, pretrain, save_checkpoint
 from methods.base import create_method
 

@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 
 from backbones import create_backbone
 from harness.cli import main
-from harness.data.encoder_input import EncoderTraining
+from core.data.encoder_input import EncoderTraining
 from harness.train import CHECKPOINT, load_checkpoint, save_checkpoint
 from tests.helpers import truncate, write_ucf_like
 

@@ -11,9 +11,9 @@ from evaluation.evaluate import EvalConfig, evaluate_encoder, protocol_tags
 from evaluation.finetune import run_finetune
 from evaluation.protocols import EncoderTraining, FeatureProtocol, FinetuneProtocol, KNNProtocol, LinearProtocol, RetrievalProtocol
 from harness.cli import main
-from harness.config import DataConfig, PretrainConfig
-from harness.data.synthetic import PRESETS, generate_motionshapes
-from harness.train import pretrain
+from core.config import DataConfig, PretrainConfig
+from core.data.synthetic import PRESETS, generate_motionshapes
+from harness.train import pretrain, train_classifier
 
 FEATURES = FeatureProtocol(clips=2, frames=4, resize=(32, 43), crop=32)
 FINETUNE = FinetuneProtocol(epochs=1, batch_size=8, steps_per_epoch=2, frames=4, crop=32, resize=(32, 43), test_clips=3, milestones=())
@@ -78,7 +78,7 @@ def test_static_bias_gap_on_scene_biased_motionshapes(tmp_path):
 def test_finetune_trains_and_tests_every_video(motionshapes_tiny, tmp_path):
     data = DataConfig(path=str(motionshapes_tiny), workers=0)
     metrics, encoder = run_finetune(FINETUNE, backbone="r3d_tiny", data=data, init_encoder=None, seed=0, device="cpu",
-                                    output_dir=tmp_path, run_name="ft")
+                                    output_dir=tmp_path, run_name="ft", trainer=train_classifier)
     assert 0.0 <= metrics["video_top1"] <= 1.0 and 0.0 <= metrics["clip_top1"] <= 1.0
     # 12 test videos, 3 clips each: accuracies are multiples of 1/12 and 1/36
     assert round(metrics["video_top1"] * 12, 6) == round(metrics["video_top1"] * 12) and round(metrics["clip_top1"] * 36, 6) == round(metrics["clip_top1"] * 36)

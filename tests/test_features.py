@@ -24,12 +24,12 @@ from evaluation.features import (
     feature_cache_path,
 )
 from evaluation.protocols import FeatureProtocol
-from harness.data.datasets import VideoDataset, open_dataset
-from harness.data.loader import ClipDataset, LoadRequest
-from harness.data.modalities import compute_flow_cache
-from harness.data.sampling import ClipSpec, uniform_clips
-from harness.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from harness.data.video import CorruptVideo
+from core.data.datasets import VideoDataset, open_dataset
+from core.data.loader import ClipDataset, LoadRequest
+from core.data.modalities import compute_flow_cache
+from core.data.sampling import ClipSpec, uniform_clips
+from core.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from core.data.video import CorruptVideo
 from tests.helpers import free_port, truncate
 
 P = FeatureProtocol(clips=3, frames=4, stride=1, resize=(32, 43), crop=32, modality="rgb", normalize_input=True, value_range=(0.0, 1.0))

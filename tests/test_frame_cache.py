@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from harness.data.cache import FrameCache, frame_cache
-from harness.data.datasets import load_ucf101
-from harness.data.loader import LoadRequest, make_loader
-from harness.data.modalities import compute_flow_cache
-from harness.data.sampling import ClipSpec
-from harness.data.video import write_video
+from core.data.cache import FrameCache, frame_cache
+from core.data.datasets import load_ucf101
+from core.data.loader import LoadRequest, make_loader
+from core.data.modalities import compute_flow_cache
+from core.data.sampling import ClipSpec
+from core.data.video import write_video
 from tests.helpers import frame_level, level_frames, write_ucf_like
 
 VIDEO = np.arange(10 * 2 * 2 * 3, dtype=np.uint8).reshape(10, 2, 2, 3)

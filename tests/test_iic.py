@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 import methods.iic  # noqa: F401  (registers "iic")
 from backbones import create_backbone
-from harness.data.transforms import sample_crop_params
+from core.data.transforms import sample_crop_params
 from methods.base import TrainState, create_method, get_method
 from methods.iic import (
     IIC,

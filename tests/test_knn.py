@@ -10,7 +10,7 @@ import torch
 
 from evaluation.knn import OnlineKNN, evaluate_knn, knn_classify
 from evaluation.protocols import KNNProtocol
-from evaluation.uncertainty import bootstrap_interval
+from core.uncertainty import bootstrap_interval
 
 T = 0.07
 

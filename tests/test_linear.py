@@ -9,7 +9,7 @@ import torch
 from evaluation.linear import evaluate_linear, stratified_split
 from evaluation.metrics import classification_metrics, top1_hits
 from evaluation.protocols import LinearProtocol
-from evaluation.uncertainty import bootstrap_interval
+from core.uncertainty import bootstrap_interval
 
 PROTOCOL = LinearProtocol()
 

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from harness.data.datasets import load_ucf101
-from harness.data.loader import ClipDataset, EpochSampler, LoadRequest, make_loader
-from harness.data.sampling import ClipSpec
-from harness.data.video import CorruptVideo
+from core.data.datasets import load_ucf101
+from core.data.loader import ClipDataset, EpochSampler, LoadRequest, make_loader
+from core.data.sampling import ClipSpec
+from core.data.video import CorruptVideo
 from tests.helpers import frame_level, truncate, write_ucf_like
 
 TRAIN = LoadRequest(ClipSpec(frames=4, stride=2, clips=2), mode="random", size=(16, 32))

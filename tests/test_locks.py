@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import pytest
 from mlflow.tracking import MlflowClient
 
-from harness import tracking
-from harness.io import RUN_LOCK, LockTimeout, RunFolderLocked, pid_alive, run_folder_lock
+from core import tracking
+from core.io import RUN_LOCK, LockTimeout, RunFolderLocked, pid_alive, run_folder_lock
 from harness.train import CHECKPOINT, Pretraining, pretrain
 from methods.base import DataSpec, Method, Recipe, StepOutput, TrainState, register_method
 from tests.test_train import _config
@@ -25,7 +25,7 @@ HOST = socket.gethostname()
 
 _HOLDER = """
 import sys
-from harness.io import file_lock
+from core.io import file_lock
 with file_lock(sys.argv[1]):
     print("held", flush=True)
     sys.stdin.read()
@@ -77,7 +77,7 @@ def test_a_lock_left_by_a_killed_process_is_taken_over_with_a_warning(tmp_path, 
         holder.kill()
         holder.wait()
     assert not pid_alive(holder.pid) and _holder_of(folder / RUN_LOCK) == [str(holder.pid), HOST]
-    with caplog.at_level(logging.WARNING, logger="harness.io"), run_folder_lock(folder):
+    with caplog.at_level(logging.WARNING, logger="core.io"), run_folder_lock(folder):
         assert _holder_of(folder / RUN_LOCK) == [str(os.getpid()), HOST]
     assert f"taking over the lock left by pid {holder.pid} on host {HOST}" in caplog.text
 
@@ -126,7 +126,7 @@ def test_a_run_refuses_a_checkpoint_written_after_it_read_the_folder(motionshape
 _OPEN_STORE = """
 import sys, time
 from pathlib import Path
-from harness.tracking import Tracker, runtime_tags
+from core.tracking import Tracker, runtime_tags
 import mlflow.tracking
 db, go, ready, name = sys.argv[1:]
 runtime_tags()  # imports and git calls done before the start signal: both open the store at once

@@ -1,4 +1,4 @@
-"""Motion Differential Sampling (harness/data/mds.py): scoring, the median rule, mds.json, the sampler."""
+"""Motion Differential Sampling (core/data/mds.py): scoring, the median rule, mds.json, the sampler."""
 
 import json
 from types import SimpleNamespace
@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from harness.data.mds import (
+from core.data.mds import (
     MDS_NAME,
     MDS_VERSION,
     _sobel,
@@ -23,8 +23,8 @@ from harness.data.mds import (
     snap_official,
     video_chosen_starts,
 )
-from harness.data.modalities import dequantize_flow, quantize_flow, read_flow
-from harness.data.sampling import ClipSpec, build_sampler, list_samplers
+from core.data.modalities import dequantize_flow, quantize_flow, read_flow
+from core.data.sampling import ClipSpec, build_sampler, list_samplers
 
 
 # ------------------------------------------------------------------ scoring pieces

@@ -411,7 +411,7 @@ def test_ddp_two_process_step_equals_one_process_on_the_global_batch(tmp_path):
 
 
 def test_two_training_steps_through_the_harness(motionshapes_tiny, tmp_path):
-    from harness.config import PretrainConfig  # imported here: the DDP test's spawned workers need not load timm
+    from core.config import PretrainConfig  # imported here: the DDP test's spawned workers need not load timm
     from harness.train import Pretraining
 
     cfg = PretrainConfig(method="mlfo", backbone="r3d_tiny", epochs=2, batch_size=4, steps_per_epoch=1, device="cpu",

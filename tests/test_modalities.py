@@ -1,4 +1,4 @@
-"""Tests for harness.data.modalities: derived views and the optical-flow cache (real files, CPU)."""
+"""Tests for core.data.modalities: derived views and the optical-flow cache (real files, CPU)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from harness.data.modalities import (
+from core.data.modalities import (
     compute_flow_cache,
     dequantize_flow,
     dynamic_view,
@@ -23,7 +23,7 @@ from harness.data.modalities import (
     residual_frames,
     static_view,
 )
-from harness.data.video import CorruptVideo, write_video
+from core.data.video import CorruptVideo, write_video
 
 H, W, N = 96, 128, 10  # frame size and RGB frames per synthetic video
 

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 import methods.mscl  # noqa: F401  (registers "mscl")
 from backbones import create_backbone
-from harness.data.modalities import flow_colorwheel, flow_to_color, rotate_flow
+from core.data.modalities import flow_colorwheel, flow_to_color, rotate_flow
 from methods.base import TrainState, create_method, get_method
 from methods.losses import capped_queue_size
 from methods.mscl import MSCL, fra_angles, flow_images, lmcl_logits, lmcl_loss
@@ -412,10 +412,10 @@ def test_ddp_two_process_step_keeps_queues_and_key_encoders_identical(tmp_path):
 
 def test_two_training_steps_through_the_harness_with_flow_and_mds(motionshapes_tiny, tmp_path):
     from harness.cli import main
-    from harness.config import PretrainConfig
-    from harness.data.datasets import open_dataset
-    from harness.data.mds import load_mds
-    from harness.data.modalities import compute_flow_cache
+    from core.config import PretrainConfig
+    from core.data.datasets import open_dataset
+    from core.data.mds import load_mds
+    from core.data.modalities import compute_flow_cache
     from harness.train import pretrain
 
     flow_root = tmp_path / "flow"

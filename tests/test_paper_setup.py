@@ -7,7 +7,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from harness.cli import main
-from harness.config import ConfigError, PretrainConfig, resolve_recipe
+from core.config import ConfigError, PretrainConfig, resolve_recipe
 from harness.suite import expand, load_suite, paper_changes
 from methods.base import get_method, list_methods
 

@@ -21,10 +21,10 @@ from evaluation.probes import (
     static_bias_gap,
 )
 from evaluation.protocols import FeatureProtocol
-from harness.data.datasets import DatasetError, open_dataset
-from harness.data.loader import ClipDataset, LoadRequest
-from harness.data.sampling import ClipSpec
-from harness.data.transforms import normalize
+from core.data.datasets import DatasetError, open_dataset
+from core.data.loader import ClipDataset, LoadRequest
+from core.data.sampling import ClipSpec
+from core.data.transforms import normalize
 
 P = FeatureProtocol(clips=3, frames=4, stride=1, resize=(32, 43), crop=32, modality="rgb", normalize_input=True, value_range=(0.0, 1.0))
 

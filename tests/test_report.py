@@ -19,7 +19,6 @@ from harness.report import (
     format_table_text,
     numbers_of,
     plot_recall_curves,
-    plot_retrieval_examples,
     report_experiment,
     results_numbers,
     results_table,
@@ -27,7 +26,8 @@ from harness.report import (
     table_markdown,
     write_table,
 )
-from harness.tracking import Tracker, runs_frame
+from core.figures import plot_retrieval_examples
+from core.tracking import Tracker, runs_frame
 
 EXP = "suite-report-test"
 HASHES = {"retrieval": "retr000001", "linear": "lin0000001", "knn": "knn0000001", "finetune": "ft00000001", "probe": "prb0000001"}

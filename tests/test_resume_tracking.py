@@ -12,7 +12,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from harness.cli import main
-from harness.tracking import ERROR_TAG, Tracker
+from core.tracking import ERROR_TAG, Tracker
 from harness.train import CHECKPOINT, MLFLOW_RUN, Pretraining, load_checkpoint, pretrain, run_tracked
 from tests.test_train import _RUN, _config
 
@@ -72,7 +72,7 @@ def test_a_run_id_the_store_does_not_hold_gives_a_new_run_with_a_warning(motions
     cfg = _config(motionshapes_tiny, tmp_path, run_name="moved", epochs=1, batch_size=4, steps_per_epoch=1)
     run = Pretraining(cfg, resume=True)
     run.run_memo().remember("0" * 32)  # an id of another store
-    with caplog.at_level(logging.WARNING, logger="harness.tracking"):
+    with caplog.at_level(logging.WARNING, logger="core.tracking"):
         result = run_tracked(run)
     assert f"MLflow run {'0' * 32}, where 'moved' was tracked before, is not a run of experiment 'vsbench'" in caplog.text
     _, [new] = _runs(tmp_path / "mlflow.db")

@@ -10,7 +10,7 @@ import torch
 
 from evaluation.protocols import RetrievalProtocol
 from evaluation.retrieval import evaluate_retrieval, recall_at_k, recall_hits, topk_neighbours
-from evaluation.uncertainty import bootstrap_interval
+from core.uncertainty import bootstrap_interval
 
 
 def _at(degrees: float, norm: float = 1.0) -> list[float]:

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from harness.data.sampling import ClipSpec, random_clips, uniform_clips
+from core.data.sampling import ClipSpec, random_clips, uniform_clips
 
 
 def test_uniform_clips_match_the_vcop_iic_formula_by_hand():
@@ -64,7 +64,7 @@ def test_invalid_specs_name_the_field():
 
 
 def test_overview_clips_split_one_window_into_a_b_and_half_rate_g():
-    from harness.data.sampling import overview_clips
+    from core.data.sampling import overview_clips
 
     for seed in range(20):
         a, b, g = overview_clips(200, 8, (1.0, 3.0), np.random.default_rng(seed))
@@ -76,7 +76,7 @@ def test_overview_clips_split_one_window_into_a_b_and_half_rate_g():
 
 
 def test_overview_rate_is_capped_by_the_video_length():
-    from harness.data.sampling import overview_clips
+    from core.data.sampling import overview_clips
 
     # n = 40, 2 x 8 = 16 frames: sr <= 40 / 16 = 2.5 even though the range allows 3
     for seed in range(50):
@@ -89,7 +89,7 @@ def test_overview_rate_is_capped_by_the_video_length():
 
 
 def test_clips_with_static_repeat_one_frame_at_the_same_offset_of_two_different_windows():
-    from harness.data.sampling import clips_with_static
+    from core.data.sampling import clips_with_static
 
     spec = ClipSpec(frames=4, stride=2, clips=4)  # "span" windows of 7 raw frames
     offsets = set()
@@ -105,7 +105,7 @@ def test_clips_with_static_repeat_one_frame_at_the_same_offset_of_two_different_
 
 def _static_starts_and_offsets(n: int, spec: ClipSpec, window: str, seeds: int) -> tuple[set[int], set[int]]:
     """Every q/k start and static offset ``clips_with_static`` produced over ``seeds`` seeds."""
-    from harness.data.sampling import clips_with_static
+    from core.data.sampling import clips_with_static
 
     starts, offsets = set(), set()
     for seed in range(seeds):
@@ -129,7 +129,7 @@ def test_with_static_window_matches_dclr_videoclips_by_hand(n, frames, seeds):
 
 
 def test_with_static_samplers_need_their_window_and_name_the_window_choices():
-    from harness.data.sampling import clips_with_static, frames_needed
+    from core.data.sampling import clips_with_static, frames_needed
 
     spec = ClipSpec(frames=16, stride=2, clips=4)
     assert frames_needed("with_static", spec) == 32  # DCLR drops videos without one 32-frame clip
@@ -139,9 +139,9 @@ def test_with_static_samplers_need_their_window_and_name_the_window_choices():
 
 
 def test_sampler_registry_names_valid_choices_and_checks_the_clip_count(motionshapes_tiny):
-    from harness.data.datasets import open_dataset
-    from harness.data.loader import LoadRequest
-    from harness.data.sampling import build_sampler, list_samplers
+    from core.data.datasets import open_dataset
+    from core.data.loader import LoadRequest
+    from core.data.sampling import build_sampler, list_samplers
 
     videos = open_dataset(motionshapes_tiny, split=1, subset="train")
     assert {"random", "overview", "with_static"} <= set(list_samplers())
@@ -154,8 +154,8 @@ def test_sampler_registry_names_valid_choices_and_checks_the_clip_count(motionsh
 
 
 def test_loader_uses_the_named_sampler(motionshapes_tiny):
-    from harness.data.datasets import open_dataset
-    from harness.data.loader import ClipDataset, LoadRequest
+    from core.data.datasets import open_dataset
+    from core.data.loader import ClipDataset, LoadRequest
 
     videos = open_dataset(motionshapes_tiny, split=1, subset="train")
     request = LoadRequest(ClipSpec(frames=4, stride=2, clips=4), sampler="with_static", size=(32, 43))

@@ -1,4 +1,4 @@
-"""The shortcut check (harness.data.shortcuts): appearance must not tell the class, motion must."""
+"""The shortcut check (core.data.shortcuts): appearance must not tell the class, motion must."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from harness.cli import main
-from harness.data.datasets import open_dataset
-from harness.data.shortcuts import ShortcutConfig, ShortcutReport, frame_input, frame_seen_groups, load_clips, motion_input
-from harness.data.synthetic import PRESETS, generate_motionshapes
+from core.data.datasets import open_dataset
+from core.data.shortcuts import ShortcutConfig, ShortcutReport, frame_input, frame_seen_groups, load_clips, motion_input
+from core.data.synthetic import PRESETS, generate_motionshapes
 
 # 6 classes x 10 groups (3 held out) x 4 clips: 168 train and 72 test videos of 32x32 frames
 SMALL = dataclasses.replace(PRESETS["bench"], classes=6, groups=10, clips_per_group=4)

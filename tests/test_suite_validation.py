@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from harness.config import ConfigError
-from harness.data.datasets import DatasetError
+from core.config import ConfigError
+from core.data.datasets import DatasetError
 from harness.suite import expand, load_suite
 from methods.base import list_methods
 from tests.helpers import write_ucf_like

@@ -1,4 +1,4 @@
-"""Data-set symmetries (harness.data.symmetry): what MotionShapes states, and the flip guard."""
+"""Data-set symmetries (core.data.symmetry): what MotionShapes states, and the flip guard."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pytest
 
 from evaluation.finetune import finetune_config
 from evaluation.protocols import EncoderTraining, FinetuneProtocol, resolve
-from harness.config import DataConfig, PretrainConfig
-from harness.data.symmetry import SymmetryError, check_flip, read_symmetries
-from harness.data.synthetic import PRESETS, generate_motionshapes
+from core.config import DataConfig, PretrainConfig
+from core.data.symmetry import SymmetryError, check_flip, read_symmetries
+from core.data.synthetic import PRESETS, generate_motionshapes
 from harness.train import Pretraining
 
 V1_CLASSES = ["MoveLeft", "MoveRight", "MoveUp", "MoveDown", "RotateClockwise", "RotateCounterclockwise", "Grow", "Shrink",
@@ -69,7 +69,7 @@ def test_flip_guard_refuses_labelled_runs_and_warns_self_supervised_ones(v1_data
     with pytest.raises(SymmetryError, match=r"MoveLeft/MoveRight.*eval\.finetune\.flip = false"):
         check_flip(v1_data, 0.5, uses_labels=True, what="method 'supervised'")
     check_flip(v1_data, 0.0, uses_labels=True, what="method 'supervised'")  # no flip: fine
-    with caplog.at_level(logging.WARNING, logger="harness.data.symmetry"):
+    with caplog.at_level(logging.WARNING, logger="core.data.symmetry"):
         check_flip(v1_data, 0.5, uses_labels=False, what="method 'moco'")
         check_flip(v1_data, 0.5, uses_labels=False, what="method 'moco'")
     warnings = [r for r in caplog.records if "mirrored motions become positives" in r.message]
@@ -101,7 +101,7 @@ def test_finetune_protocol_flip_optimizer_and_stride_reach_the_run_and_the_hash(
 
 
 def test_generator_version_is_part_of_the_fingerprint(current_data, v1_data):
-    from harness.data.datasets import open_dataset
+    from core.data.datasets import open_dataset
 
     current = open_dataset(current_data, split=1, subset="train", progress=False)
     v1 = open_dataset(v1_data, split=1, subset="train", progress=False)

@@ -1,4 +1,4 @@
-"""MotionShapes (harness.data.synthetic): layout, splits, determinism, motion semantics, bias."""
+"""MotionShapes (core.data.synthetic): layout, splits, determinism, motion semantics, bias."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import av
 import numpy as np
 import pytest
 
-import harness
-from harness.data.synthetic import (
+import core
+from core.data.synthetic import (
     BACKGROUND_FAMILIES,
     CLASS_NAMES,
     GENERATOR_VERSION,
@@ -77,7 +77,7 @@ def test_layout_and_names(tiny_dir, meta):
 
 def test_config_json_and_meta(tiny_dir, meta):
     info = json.loads((tiny_dir / "motionshapes.json").read_text())
-    assert info["vsbench_version"] == harness.__version__
+    assert info["vsbench_version"] == core.__version__
     assert info["generator_version"] == GENERATOR_VERSION == 3
     assert info["symmetries"] == {"hflip_pairs": [], "vflip_pairs": [["MoveUp", "MoveDown"]],
                                   "time_reversal_pairs": [["MoveUp", "MoveDown"], ["Grow", "Shrink"]], "label_preserving": ["hflip"]}

@@ -1,4 +1,4 @@
-"""harness.tracking against real MLflow stores: the embedded sqlite store, a real ``mlflow server``
+"""core.tracking against real MLflow stores: the embedded sqlite store, a real ``mlflow server``
 started by the tests, an unreachable server and a server killed in the middle of a run."""
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-import harness
-from harness import tracking
-from harness.tracking import Tracker, find_finished_runs, flatten_config, resolve_tracking_uri, runs_frame
+import core
+from core import tracking
+from core.tracking import Tracker, find_finished_runs, flatten_config, resolve_tracking_uri, runs_frame
 from tests.helpers import free_port
 
 RUNTIME_TAGS = ("vsbench.version", "git.commit", "torch.version", "cuda.version", "device")
@@ -116,7 +116,7 @@ def test_sqlite_store_round_trip(_isolated):
     assert tags[tracking.TRUNCATED_TAG] == "notes"
     for key in RUNTIME_TAGS:
         assert tags[key], key
-    assert tags["vsbench.version"] == harness.__version__
+    assert tags["vsbench.version"] == core.__version__
     assert tags["dataset_fingerprint"] == "fp123" and tags["config_hash"] == "c0ffee" and tags["protocol.retrieval"] == "r1"
     assert run.info.run_name == "moco-r3d-s0"
     # tagged as model training: MLflow 3's UI opens the runs table, not its GenAI view
@@ -163,7 +163,7 @@ def test_parent_and_child_runs(_isolated):
 
 
 def test_params_are_immutable_and_keys_made_valid(_isolated, caplog):
-    caplog.set_level(logging.WARNING, logger="harness.tracking")
+    caplog.set_level(logging.WARNING, logger="core.tracking")
     with Tracker("suite-k", "keys") as t:
         t.log_params({"opt": {"lr": 0.1}})
         t.log_params({"opt": {"lr": 0.2, "wd": 1e-4}})  # lr changed: the first value stays
@@ -302,7 +302,7 @@ def mlflow_server(tmp_path_factory):
 
 
 def test_server_run_is_readable_from_the_server(_isolated, mlflow_server, caplog):
-    caplog.set_level(logging.WARNING, logger="harness.tracking")
+    caplog.set_level(logging.WARNING, logger="core.tracking")
     server = mlflow_server()
     with Tracker("suite-srv", "parent", tracking_uri=server.uri) as parent:
         with Tracker("suite-srv", "moco-s0", tracking_uri=server.uri, parent_run_id=parent.run_id, tags={"config_hash": "abc"}) as t:
@@ -326,7 +326,7 @@ def test_server_run_is_readable_from_the_server(_isolated, mlflow_server, caplog
 
 
 def test_unreachable_server_falls_back_to_the_local_store(_isolated, caplog):
-    caplog.set_level(logging.WARNING, logger="harness.tracking")
+    caplog.set_level(logging.WARNING, logger="core.tracking")
     uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     with Tracker("suite-down", "parent", tracking_uri=uri) as parent:
         with Tracker("suite-down", "moco-s0", tracking_uri=uri, parent_run_id=parent.run_id) as t:
@@ -350,7 +350,7 @@ def test_unreachable_server_falls_back_to_the_local_store(_isolated, caplog):
 
 
 def test_server_dying_mid_run_loses_nothing(_isolated, mlflow_server, caplog):
-    caplog.set_level(logging.WARNING, logger="harness.tracking")
+    caplog.set_level(logging.WARNING, logger="core.tracking")
     server = mlflow_server()
     weights = _isolated / "encoder.pt"
     weights.write_bytes(b"\x00weights" * 1000)

@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from backbones import create_backbone
 from harness.cli import main
-from harness.config import PretrainConfig
+from core.config import PretrainConfig
 from harness.train import CHECKPOINT, NonFiniteLoss, build_optimizer, build_scheduler, load_checkpoint, pretrain
 from methods.base import DataSpec, Method, Recipe, StepOutput, TrainState, create_method, register_method
 
@@ -236,7 +236,7 @@ def test_skip_optimizer_runs_the_step_without_updating_parameters(motionshapes_t
 
 
 def test_flow_flip_negates_u_only_when_the_data_spec_says_so():
-    from harness.data.transforms import AugmentConfig
+    from core.data.transforms import AugmentConfig
     from harness.train import DeviceAugment
 
     aug = AugmentConfig(size=(4, 6), scale=(1.0, 1.0), ratio=(1.5, 1.5), flip_p=1.0, jitter_p=0.0, grey_p=0.0, blur_p=0.0)

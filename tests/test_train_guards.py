@@ -12,7 +12,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from harness.io import pid_alive, write_bytes_atomic
+from core.io import pid_alive, write_bytes_atomic
 from harness.train import (CHECKPOINT, ENCODER, NonFiniteWeights, NothingTrained, Pretraining, load_checkpoint, pretrain,
                            save_checkpoint)
 from methods.base import DataSpec, Method, Recipe, StepOutput, TrainState, register_method
@@ -159,7 +159,7 @@ def test_resumed_and_finished_runs_report_totals_over_all_segments(motionshapes_
 
 _KILLED_WRITER = """
 import os, signal, sys
-from harness.io import atomic_write
+from core.io import atomic_write
 with atomic_write(sys.argv[1]) as f:
     f.write(b"half a checkpoint")
     f.flush()
@@ -209,7 +209,7 @@ def test_a_run_removes_stale_temp_files_from_its_folder_at_start(motionshapes_ti
     ({"method_args": {"frames": 4, "crop": 500}}, r"crop 500x500 \(method_args.crop\) is larger than the decoded frames 32x43"),
 ])
 def test_settings_that_cannot_train_are_refused_before_training_naming_the_key(motionshapes_tiny, tmp_path, changes, message):
-    from harness.config import ConfigError
+    from core.config import ConfigError
 
     with pytest.raises(ConfigError, match=message):
         Pretraining(_config(motionshapes_tiny, tmp_path, **changes))

@@ -1,4 +1,4 @@
-"""Batched video augmentation (harness.data.transforms), checked on small hand-built clips."""
+"""Batched video augmentation (core.data.transforms), checked on small hand-built clips."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from harness.data.transforms import (
+from core.data.transforms import (
     AugmentConfig,
     CropParams,
     VideoAugment,
@@ -393,7 +393,7 @@ def test_per_frame_jitter_with_one_factor_per_frame_equals_jittering_each_frame_
 def test_per_frame_contrast_blends_with_each_frames_own_mean():
     x = _flat_clips(batch=1, frames=2)
     x[:, :, 1] *= 0.5  # frame 1 darker: a per-frame mean differs from the clip mean
-    from harness.data.transforms import _contrast_
+    from core.data.transforms import _contrast_
 
     factor = torch.tensor([[0.0, 0.0]], dtype=torch.float64)  # contrast 0: each frame becomes its own mean grey
     y = _contrast_(x.clone(), factor)

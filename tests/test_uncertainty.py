@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from evaluation.uncertainty import bootstrap_interval, with_interval
+from core.uncertainty import bootstrap_interval, with_interval
 
 
 def _binomial_quantile(n: int, q: float) -> float:

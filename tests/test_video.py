@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from harness.data.video import CorruptVideo, probe_video, read_frames, write_video
+from core.data.video import CorruptVideo, probe_video, read_frames, write_video
 from tests.helpers import frame_level, level_frames, truncate
 
 
@@ -81,7 +81,7 @@ def test_corrupt_video_survives_pickling():
 
 _READ_TRUNCATED = """
 import sys
-from harness.data.video import CorruptVideo, read_frames
+from core.data.video import CorruptVideo, read_frames
 try:
     read_frames(sys.argv[1], list(range(0, 60, 5)), backend=sys.argv[2])
 except CorruptVideo as err:

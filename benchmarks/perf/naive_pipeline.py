@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torchvision.transforms.v2.functional as TF
 
-from harness.data.transforms import AugmentConfig, VideoAugment, sample_crop_params
+from core.data.transforms import AugmentConfig, VideoAugment, sample_crop_params
 
 
 def per_frame_clip(clip: torch.Tensor, g: torch.Generator, cfg: AugmentConfig) -> torch.Tensor:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.data.transforms import AugmentConfig, VideoAugment
+from core.data.transforms import AugmentConfig, VideoAugment
 from naive_pipeline import per_frame_clip  # benchmarks/perf/naive_pipeline.py
 
 T, H, W = 16, 128, 171

@@ -14,8 +14,8 @@ import cv2
 import numpy as np
 import pytest
 
-from harness.data.synthetic import PRESETS, generate_motionshapes
-from harness.data.video import list_videos, probe_video, read_frames, write_video
+from core.data.synthetic import PRESETS, generate_motionshapes
+from core.data.video import list_videos, probe_video, read_frames, write_video
 
 CLIPS_PER_ROUND = 64
 
@@ -65,11 +65,11 @@ def test_decode_clips_per_second(benchmark, video_sets, videos, backend, stride)
 @pytest.mark.parametrize("cached", [False, True])
 def test_loader_clips_per_second_with_the_frame_cache(benchmark, video_sets, cached, tmp_path):
     """One training epoch of the loader (workers = 0) over the MotionShapes videos at 32x32, batch 8,
-    read directly or from a warm frame cache (harness.data.cache)."""
-    from harness.data.cache import frame_cache
-    from harness.data.datasets import load_csv
-    from harness.data.loader import LoadRequest, make_loader
-    from harness.data.sampling import ClipSpec
+    read directly or from a warm frame cache (core.data.cache)."""
+    from core.data.cache import frame_cache
+    from core.data.datasets import load_csv
+    from core.data.loader import LoadRequest, make_loader
+    from core.data.sampling import ClipSpec
 
     listing = tmp_path / "videos.csv"
     listing.write_text("".join(f"{p},0\n" for p in video_sets["motionshapes_128x171"]))

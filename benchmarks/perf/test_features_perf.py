@@ -23,8 +23,8 @@ import torch
 from backbones import create_backbone
 from evaluation.features import extract_features
 from evaluation.protocols import FeatureProtocol
-from harness.data.datasets import VideoDataset, open_dataset
-from harness.data.synthetic import PRESETS, generate_motionshapes
+from core.data.datasets import VideoDataset, open_dataset
+from core.data.synthetic import PRESETS, generate_motionshapes
 
 PROTOCOL = FeatureProtocol(stride=1, modality="rgb", normalize_input=True, value_range=(0.0, 1.0))  # 10 clips x 16 frames, 128x171 -> 112
 

@@ -27,9 +27,9 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from harness.config import PretrainConfig
-from harness.data.mds import compute_mds
-from harness.data.synthetic import PRESETS, generate_motionshapes
+from core.config import PretrainConfig
+from core.data.mds import compute_mds
+from core.data.synthetic import PRESETS, generate_motionshapes
 from harness.train import Pretraining
 from methods.base import list_methods
 from naive_pipeline import NaiveAugment  # benchmarks/perf/naive_pipeline.py
@@ -46,8 +46,8 @@ def data(tmp_path_factory):
     """MotionShapes tiny with its flow cache and MDS screening (MSCL reads both)."""
     from pathlib import Path
 
-    from harness.data.datasets import open_dataset
-    from harness.data.modalities import compute_flow_cache
+    from core.data.datasets import open_dataset
+    from core.data.modalities import compute_flow_cache
 
     root = generate_motionshapes(tmp_path_factory.mktemp("data") / "ms", PRESETS["tiny"], workers=2, progress=False)
     videos = open_dataset(root, split=1, subset="train", progress=False)

@@ -15,8 +15,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.config import PretrainConfig
-from harness.data.synthetic import PRESETS, generate_motionshapes
+from core.config import PretrainConfig
+from core.data.synthetic import PRESETS, generate_motionshapes
 from harness.train import Pretraining
 
 CPU_CASES = [("r3d_tiny", 8), ("r21d_tiny", 8), ("r3d_vcop", 2), ("r3d_18", 2), ("r2plus1d_18", 2), ("c3d", 2), ("s3d", 2)]

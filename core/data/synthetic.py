@@ -22,7 +22,7 @@ motion pattern of the objects; nothing else predicts it, in the train split or t
   direction), and each object carries a half-disc mark in a second colour that makes a rotation
   move half its pixels (version 2's mark was a 2 px dot at 32 px).
 - ``motionshapes.json`` states these symmetries (:func:`symmetries`) and the generator version;
-  the harness reads them (:mod:`harness.data.symmetry`) and refuses a labelled recipe that
+  the harness reads them (:mod:`core.data.symmetry`) and refuses a labelled recipe that
   flips a data set whose labels a flip changes.
 
 The layout on disk is exactly UCF101's (``UCF-101/<Class>/v_<Class>_gXX_cYY.avi`` plus
@@ -63,10 +63,10 @@ import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
-import harness
-from harness.data.video import write_video as encode_video
-from harness.io import pid_alive as _pid_alive
-from harness.io import write_text_atomic
+import core
+from core.data.video import write_video as encode_video
+from core.io import pid_alive as _pid_alive
+from core.io import write_text_atomic
 
 GENERATOR_VERSION = 3  # part of motionshapes.json and of the data's fingerprint: versions never mix
 CLASS_NAMES: tuple[str, ...] = (
@@ -901,7 +901,7 @@ def _write_config(out: pathlib.Path, config: MotionShapesConfig, records: list[d
     info = {
         "dataset": "MotionShapes",
         "generator_version": GENERATOR_VERSION,
-        "vsbench_version": harness.__version__,
+        "vsbench_version": core.__version__,
         "config": dataclasses.asdict(config),
         "class_names": list(CLASS_NAMES[: config.classes]),
         "background_families": list(BACKGROUND_FAMILIES),

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from harness.data.datasets import VideoDataset, detect_format, open_dataset
+from core.data.datasets import VideoDataset, detect_format, open_dataset
 
 
 @dataclass

@@ -17,12 +17,12 @@ Training samplers are looked up by name (``DataSpec.sampler``) in a registry:
 :func:`register_sampler` decorates a factory ``factory(videos, request) -> sampler`` and the
 loader calls ``sampler(video_index, num_frames, spec, rng)``. A factory sees the data set and the
 load request, so a sampler can read per-video data prepared offline (MSCL's motion-screened
-starts, :mod:`harness.data.mds`). Each sampler also states how many frames its window needs
+starts, :mod:`core.data.mds`). Each sampler also states how many frames its window needs
 (:func:`frames_needed`).
 
 A clip spans ``(frames - 1) * stride + 1`` frames. The loader never hands a sampler a video
 shorter than the sampler's window: training skips and names such a video, evaluation refuses it
-(:mod:`harness.data.loader`), because looping or clamping it would silently change the data.
+(:mod:`core.data.loader`), because looping or clamping it would silently change the data.
 The samplers' own ``short`` policy (loop around, ``short="loop"``, as VCOP and mmaction do, or
 repeat the last frame, ``short="clamp"``) applies to direct calls and to indices a sampler aims
 past the end of a long enough video (MSCL's key clip).
@@ -37,11 +37,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from harness.config import UnknownNameError
+from core.config import UnknownNameError
 
 if TYPE_CHECKING:
-    from harness.data.datasets import VideoDataset
-    from harness.data.loader import LoadRequest
+    from core.data.datasets import VideoDataset
+    from core.data.loader import LoadRequest
 
 SHORT_POLICIES = ("loop", "clamp")
 Stride = float | tuple[float, float]
@@ -199,7 +199,7 @@ SamplerFactory = Callable[["VideoDataset", "LoadRequest"], ClipSampler]
 Needs = Callable[[ClipSpec], int]
 _SAMPLERS: dict[str, SamplerFactory] = {}
 _NEEDS: dict[str, Needs] = {}
-_SAMPLER_MODULES = ("harness.data.mds",)  # modules that register further samplers when imported
+_SAMPLER_MODULES = ("core.data.mds",)  # modules that register further samplers when imported
 
 
 def one_clip_span(spec: ClipSpec) -> int:

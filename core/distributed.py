@@ -66,7 +66,7 @@ def init_distributed(device: str = "auto") -> DistInfo:
     """
     use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
     if use_cuda and not torch.cuda.is_available():
-        from harness.config import ConfigError
+        from core.config import ConfigError
 
         raise ConfigError(f"device = {device!r} was asked for, but torch finds no usable GPU here (torch.cuda.is_available() is "
                           "False); set device = \"cpu\" (or \"auto\", which picks the GPU when there is one)")

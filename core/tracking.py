@@ -11,7 +11,7 @@ Store layout
     environment > default (:func:`resolve_tracking_uri`).
 
     Opening a sqlite store holds an ``flock`` on ``<db>.lock`` beside the database
-    (:func:`harness.io.file_lock`): MLflow creates and migrates the tables of a new database when
+    (:func:`core.io.file_lock`): MLflow creates and migrates the tables of a new database when
     it first opens it, and two processes doing that at once (two suites started together in a
     fresh folder) both fail and leave the database broken. A process waits for the other up to
     :data:`STORE_LOCK_TIMEOUT_S`, then fails naming the store and the process holding it.
@@ -129,7 +129,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-from harness.io import LockTimeout, file_lock
+from core.io import LockTimeout, file_lock
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -420,7 +420,7 @@ def runtime_tags(device: Any = None) -> dict[str, str]:
     """
     import torch
 
-    from harness import __version__
+    from core import __version__
 
     dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:

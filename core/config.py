@@ -190,7 +190,7 @@ class DataConfig:
     split: int = 1
     subset: str = "train"
     workers: int = 4  # DataLoader worker processes
-    cache_gb: float = 0.0  # keep decoded videos in memory, up to this many GB (harness.data.cache); 0 = off
+    cache_gb: float = 0.0  # keep decoded videos in memory, up to this many GB (core.data.cache); 0 = off
     backend: str = "decord"  # decord | pyav
     flow_root: str | None = None  # flow cache for methods that use flow (default <path>/flow)
 

@@ -1,7 +1,7 @@
 """Put runs that fell back to the local store while the tracking server was down back on the server.
 
-When the server dies mid-suite, :class:`harness.tracking.Tracker` moves the run (and its parent)
-to ``mlflow-fallback.db`` with every point (see "Outages" in :mod:`harness.tracking`), so nothing
+When the server dies mid-suite, :class:`core.tracking.Tracker` moves the run (and its parent)
+to ``mlflow-fallback.db`` with every point (see "Outages" in :mod:`core.tracking`), so nothing
 is lost; but the server still holds the run as it was when the server died (RUNNING, with the
 points sent until then), and a rerun of the suite, which looks for finished runs on the server,
 would train everything again. :func:`sync_fallback` reconciles the two: each fallback run that
@@ -23,8 +23,8 @@ import logging
 import tempfile
 from pathlib import Path
 
-from harness.io import file_lock
-from harness.tracking import FALLBACK_DB, FALLBACK_TAG, REMOTE_RUN_TAG, _client, _experiment_id, _probe
+from core.io import file_lock
+from core.tracking import FALLBACK_DB, FALLBACK_TAG, REMOTE_RUN_TAG, _client, _experiment_id, _probe
 
 log = logging.getLogger(__name__)
 SYNCED_TAG = "vsbench.synced_to"
@@ -48,7 +48,7 @@ def pending_runs(fallback, server_uri: str) -> list:
 def sync_if_needed(tracking_uri: str | None) -> dict[str, str]:
     """Before a suite: sync the working folder's fallback store to the tracking server when both
     exist and the server answers (a server that is still down leaves the runs where they are)."""
-    from harness.tracking import _is_local, resolve_tracking_uri
+    from core.tracking import _is_local, resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri)
     if _is_local(uri) or not Path(FALLBACK_DB).exists():

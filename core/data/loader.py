@@ -3,16 +3,16 @@
 The loader delivers what the device-side pipeline needs and nothing more: uint8 clips
 ``rgb`` (B, clips, T, H, W, 3) and, when asked, quantized optical flow ``flow``
 (B, clips, T, H, W, 2), plus ``label``, ``index`` and ``frame_indices``. Conversion to float and
-augmentation happen on the device (:mod:`harness.data.transforms`), never in the workers.
+augmentation happen on the device (:mod:`core.data.transforms`), never in the workers.
 
 Randomness is a function of (seed, epoch, video index), so a batch does not depend on which
 worker produced it, and a resumed run draws the same clips as an uninterrupted one.
 
 Unusable videos. Workers never raise for them: a video that raises
-:class:`~harness.data.video.CorruptVideo` comes back in its batch's ``skipped`` list (torch
+:class:`~core.data.video.CorruptVideo` comes back in its batch's ``skipped`` list (torch
 re-raises worker exceptions through a one-argument constructor, which would lose the file's
 name). So does a video with fewer frames than the clips need (``"too short: N frames < M
-needed"``; :func:`~harness.data.sampling.frames_needed`): looping it would silently change the
+needed"``; :func:`~core.data.sampling.frames_needed`): looping it would silently change the
 data. In training the :class:`VideoLoader` drops it, counts it and names it once in a warning
 (:attr:`VideoLoader.skipped`); in evaluation (``strict``) it raises ``CorruptVideo`` with the
 file's name and the reason in the main process: evaluation never alters or replaces a video.
@@ -31,10 +31,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from harness.data.cache import frame_cache
-from harness.data.datasets import VideoDataset
-from harness.data.sampling import ClipSpec, build_sampler, clip_span, frames_needed, uniform_clips
-from harness.data.video import CorruptVideo, read_frames
+from core.data.cache import frame_cache
+from core.data.datasets import VideoDataset
+from core.data.sampling import ClipSpec, build_sampler, clip_span, frames_needed, uniform_clips
+from core.data.video import CorruptVideo, read_frames
 
 log = logging.getLogger(__name__)
 MODALITIES = ("rgb", "flow")
@@ -51,7 +51,7 @@ class LoadRequest:
     size: tuple[int, int] | None = None  # (H, W) to resize to while decoding; None keeps the file's size
     flow_root: str | None = None  # flow cache of `vsbench data flow`, needed for "flow"
     backend: str = "decord"
-    sampler: str | None = None  # named training sampler (harness.data.sampling registry); None = "random"
+    sampler: str | None = None  # named training sampler (core.data.sampling registry); None = "random"
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -132,7 +132,7 @@ class ClipDataset(Dataset):
                 return read_frames(rec.path, i, backend=backend, size=size, num_frames=rec.num_frames)
 
             return read, lambda: read(np.arange(rec.num_frames)), lambda: ("rgb", rec.path, _mtime(rec.path), size, backend)
-        from harness.data.modalities import flow_folders, flow_frame_count, read_flow
+        from core.data.modalities import flow_folders, flow_frame_count, read_flow
 
         root, stem = self.request.flow_root, Path(rec.path).stem
 

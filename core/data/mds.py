@@ -15,7 +15,7 @@ The shipped setting is ``weight_type=rgb_map``,
     chosen = [s : score(s) > median_s score(s)]
 
 :func:`compute_mds` does this for every video of a data set from the flow cache
-(:mod:`harness.data.modalities`), with worker processes, and writes ``<flow_root>/mds.json``
+(:mod:`core.data.modalities`), with worker processes, and writes ``<flow_root>/mds.json``
 (atomically) with the chosen starts per video key and the settings used. ``vsbench data mds``
 is the command.
 
@@ -63,7 +63,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from harness.data.modalities import (
+from core.data.modalities import (
     DEFAULT_BOUND,
     dequantize_flow,
     flow_frame_count,
@@ -72,9 +72,9 @@ from harness.data.modalities import (
     normalize_flow_per_frame,
     read_flow,
 )
-from harness.data.sampling import ClipSpec, random_clips, register_sampler, stride_range
-from harness.data.video import CorruptVideo
-from harness.io import write_json_atomic
+from core.data.sampling import ClipSpec, random_clips, register_sampler, stride_range
+from core.data.video import CorruptVideo
+from core.io import write_json_atomic
 
 __all__ = [
     "MDS_NAME",

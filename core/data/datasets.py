@@ -5,7 +5,7 @@ split and subset, plus its class names. Reading the official files is strict: a 
 line, an unknown class or a missing video raises :class:`DatasetError` naming the file and
 line, so a typo never turns into a silently smaller data set.
 
-Frame counts are verified once (:func:`harness.data.video.probe_video`) and cached in an index
+Frame counts are verified once (:func:`core.data.video.probe_video`) and cached in an index
 file beside the data (``vsbench_index.json`` in the data root, or under
 ``~/.cache/vsbench/index/`` when the root is read-only). An entry is re-probed when its file's
 size or modification time changes. Videos that fail the probe stay in the data set, marked with
@@ -28,8 +28,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from harness.data.video import VIDEO_EXTENSIONS, CorruptVideo, probe_video
-from harness.io import write_json_atomic
+from core.data.video import VIDEO_EXTENSIONS, CorruptVideo, probe_video
+from core.io import write_json_atomic
 
 INDEX_NAME = "vsbench_index.json"
 INDEX_VERSION = 2  # 2: files without a stated frame count (Matroska/WebM) hold their decoded count

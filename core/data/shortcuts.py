@@ -30,10 +30,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from evaluation.uncertainty import bootstrap_interval
-from harness.data.datasets import VideoDataset, open_dataset
-from harness.data.loader import LoadRequest, make_loader
-from harness.data.sampling import ClipSpec
+from core.uncertainty import bootstrap_interval
+from core.data.datasets import VideoDataset, open_dataset
+from core.data.loader import LoadRequest, make_loader
+from core.data.sampling import ClipSpec
 
 
 @dataclass(frozen=True)

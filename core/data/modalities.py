@@ -42,8 +42,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from harness.data.video import CorruptVideo, probe_video, read_frames, read_image_frames, short_side_size
-from harness.io import write_json_atomic
+from core.data.video import CorruptVideo, probe_video, read_frames, read_image_frames, short_side_size
+from core.io import write_json_atomic
 
 __all__ = [
     "FLOW_ALGORITHMS",
@@ -424,7 +424,7 @@ def read_flow(
 # --------------------------------------------------------------------------------------------
 #
 # MSCL (Ni et al., ECCV 2022) feeds its flow encoder colour-coded flow and screens clips offline by
-# how much the colour-coded flow changes (harness.data.mds); both use these helpers. They work on
+# how much the colour-coded flow changes (core.data.mds); both use these helpers. They work on
 # torch tensors whose last-but-two axes are anything and whose last two are (H, W): u and v are
 # separate tensors of the same shape, in pixels, +u right and +v down (the cache's convention).
 

@@ -12,7 +12,7 @@ The convention, applied to a float clip batch in [0, 1] (the loader's uint8 fram
 crop and flip) in this order:
 
 1. ``modality``: ``"rgb"`` keeps the frames; ``"residual"`` is IIC's rescaled residual clip
-   ``(x - roll(x, 1, T) + 1) / 2`` (:func:`~harness.data.modalities.residual_frames`), computed on
+   ``(x - roll(x, 1, T) + 1) / 2`` (:func:`~core.data.modalities.residual_frames`), computed on
    the [0, 1] frames as IIC computes it; ``"flow"`` is the flow cache's (u, v) in [0, 1]
    (0.5 = no motion), returned as it is: ImageNet statistics are RGB statistics.
 2. ``value_range`` (lo, hi): ``x * (hi - lo) + lo`` maps [0, 1] to the range the encoder was
@@ -26,8 +26,8 @@ from dataclasses import asdict, dataclass, field
 
 from torch import Tensor
 
-from harness.data.modalities import residual_frames
-from harness.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize
+from core.data.modalities import residual_frames
+from core.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize
 
 __all__ = ["ENCODER_MODALITIES", "EncoderTraining", "InputConvention", "to_encoder_input", "training_stride"]
 
