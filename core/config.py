@@ -198,6 +198,24 @@ class DataConfig:
         check_bounds(self, {"split": Bound(1, integer=True), "workers": Bound(0, integer=True), "cache_gb": Bound(0)})
 
 
+@dataclass(frozen=True)
+class Recipe:
+    """A paper's pretraining recipe; a suite may scale the budget (epochs) and the milestones follow."""
+
+    optimizer: str = "sgd"  # sgd | adam | adamw
+    lr: float = 0.01
+    weight_decay: float = 1e-4
+    sgd_momentum: float = 0.9  # SGD's momentum (a method's EMA momentum lives in its Config)
+    betas: tuple[float, float] = (0.9, 0.999)  # Adam's
+    schedule: str = "multistep"  # none | step | multistep | cosine
+    milestones: tuple[float, ...] = ()  # epochs where lr is multiplied by gamma
+    gamma: float = 0.1
+    warmup_epochs: float = 0.0
+    epochs: int = 200
+    batch_size: int = 16
+    clip_grad: float | None = None  # max L2 norm of the gradient (e.g. MSCL's 40); None = no clipping
+
+
 @dataclass
 class PretrainConfig:
     """Everything one pretraining run needs. Recipe fields left as None take the method's paper recipe."""
@@ -208,17 +226,18 @@ class PretrainConfig:
     method_args: dict = field(default_factory=dict)  # overrides of the method's Config (paper defaults)
     backbone_args: dict = field(default_factory=dict)
     init: str | None = None  # backbone initialisation (backbones.INIT_SCHEMES); None: the method's paper choice
-    # recipe overrides
-    epochs: int | None = None
-    batch_size: int | None = None
+    # overrides of the method's Recipe, one per Recipe field (checked below); None keeps the paper's
     optimizer: str | None = None
     lr: float | None = None
     weight_decay: float | None = None
-    momentum: float | None = None
+    sgd_momentum: float | None = None
+    betas: tuple[float, float] | None = None
     schedule: str | None = None
     milestones: tuple[float, ...] | None = None
     gamma: float | None = None
     warmup_epochs: float | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
     lr_scaling: str = "none"  # none | linear: lr x batch_size / the recipe's batch_size when the batch is changed (Goyal et al. 2017)
     init_encoder: str | None = None  # encoder.pt of an earlier run to start the backbone from (fine-tuning)
     # budget and engine
@@ -229,7 +248,8 @@ class PretrainConfig:
     amp: bool = True  # bf16 autocast on CUDA (CPU runs are fp32)
     channels_last: bool = True  # channels_last_3d memory format (faster convolutions on CUDA and on the CPU)
     cudnn_benchmark: bool = True
-    compile: bool = False  # torch.compile the method
+    compile: bool = False  # torch.compile the backbone only, in place (nn.Module.compile: state_dict keys unchanged); the
+    # method's heads, momentum encoders, queues and loss run eagerly. The first step compiles (minutes on a CPU).
     sync_bn: bool = False  # synchronised BatchNorm across ranks
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
@@ -259,17 +279,21 @@ PRETRAIN_BOUNDS: dict[str, Bound] = {  # PretrainConfig field -> valid range, ch
     "epochs": _COUNT, "batch_size": _COUNT, "steps_per_epoch": _COUNT, "accumulate": _COUNT, "decode_size": _COUNT,
     "checkpoint_every": _COUNT, "log_every": _COUNT, "knn_every": Bound(0, integer=True), "seed": Bound(0, integer=True),
     "lr": _POSITIVE, "gamma": _POSITIVE, "weight_decay": _NON_NEGATIVE, "warmup_epochs": _NON_NEGATIVE,
-    "milestones": _NON_NEGATIVE, "clip_grad": _NON_NEGATIVE, "momentum": Bound(0, 1, open_high=True),
+    "milestones": _NON_NEGATIVE, "clip_grad": _NON_NEGATIVE, "sgd_momentum": Bound(0, 1, open_high=True), "betas": Bound(0, 1, open_high=True),
 }
 
 
-def resolve_recipe(recipe, config: PretrainConfig):
+RECIPE_FIELDS = tuple(f.name for f in dataclasses.fields(Recipe))
+_missing = set(RECIPE_FIELDS) - {f.name for f in dataclasses.fields(PretrainConfig)}
+if _missing:  # a Recipe field a run could not override
+    raise TypeError(f"PretrainConfig lacks an override for Recipe field(s) {sorted(_missing)}")
+
+
+def resolve_recipe(recipe: Recipe, config: PretrainConfig) -> Recipe:
     """The method's recipe with the config's overrides. Milestones scale with an epoch override;
     with ``lr_scaling = "linear"`` and no explicit ``lr``, the paper's lr scales with the batch:
     ``lr * batch_size / recipe.batch_size`` (the linear scaling rule, Goyal et al. 2017)."""
-    overrides = {
-        f.name: getattr(config, f.name) for f in dataclasses.fields(recipe) if getattr(config, f.name, None) is not None
-    }
+    overrides = {name: getattr(config, name) for name in RECIPE_FIELDS if getattr(config, name) is not None}
     if "epochs" in overrides and "milestones" not in overrides and recipe.epochs:
         scale = overrides["epochs"] / recipe.epochs
         overrides["milestones"] = tuple(round(m * scale, 3) for m in recipe.milestones)

@@ -41,30 +41,33 @@ PROTOCOLS = ("retrieval", "linear", "knn", "probe", "finetune")
 
 @dataclass
 class EvalConfig:
-    """Which protocols a suite runs on every encoder, and their settings."""
+    """Which protocols a suite runs on every encoder, and their settings: each protocol's own
+    dataclass (``[eval.retrieval]``, ``[eval.linear]``, ``[eval.knn]``, ``[eval.finetune]`` in a
+    suite), and the clip features the first three and the motion probe share (``[eval.features]``)."""
 
     protocols: list[str] = field(default_factory=lambda: list(PROTOCOLS))
     features: FeatureProtocol = field(default_factory=FeatureProtocol)
-    center: bool = False  # retrieval mean-centering (CoCLR/MSCL variant)
-    retrieval_ks: tuple[int, ...] = (1, 5, 10, 20, 50)
-    knn_k: int = 20
-    knn_temperature: float = 0.07
-    probe_videos: int = 64
+    retrieval: RetrievalProtocol = field(default_factory=RetrievalProtocol)
+    linear: LinearProtocol = field(default_factory=LinearProtocol)
+    knn: KNNProtocol = field(default_factory=KNNProtocol)
+    probe_videos: int = 64  # test videos the motion probe uses (evenly chosen)
     finetune: FinetuneProtocol = field(default_factory=FinetuneProtocol)
-    batch_size: int = 8
+    batch_size: int = 8  # videos per feature-extraction batch
     workers: int = 2
 
     def __post_init__(self) -> None:
         unknown = set(self.protocols) - set(PROTOCOLS)
         if unknown:
-            raise ValueError(f"unknown protocol(s) {sorted(unknown)}; valid: {', '.join(PROTOCOLS)}")
+            raise ConfigError(f"eval.protocols: unknown protocol(s) {sorted(unknown)}; valid: {', '.join(PROTOCOLS)}")
+        for name in ("retrieval", "linear", "knn"):
+            if getattr(self, name).features != FeatureProtocol():
+                raise ConfigError(f"eval.{name}.features: the features are shared by retrieval, linear, kNN and the probe; "
+                                  "set them once in [eval.features]")
 
     def protocol_objects(self) -> dict:
-        """The frozen protocol of each enabled protocol name."""
-        f = self.features
-        every = {"retrieval": RetrievalProtocol(features=f, ks=self.retrieval_ks, center=self.center), "linear": LinearProtocol(features=f),
-                 "knn": KNNProtocol(features=f, k=self.knn_k, temperature=self.knn_temperature), "probe": f,
-                 "finetune": self.finetune}
+        """The frozen protocol of each enabled protocol name, each with the shared features."""
+        shared = {name: dataclasses.replace(getattr(self, name), features=self.features) for name in ("retrieval", "linear", "knn")}
+        every = {**shared, "probe": self.features, "finetune": self.finetune}
         return {name: every[name] for name in self.protocols}
 
 
@@ -85,7 +88,7 @@ def eval_data(data: DataConfig, config: EvalConfig) -> tuple[VideoDataset, Video
     """The train split (the retrieval and kNN gallery, the linear probe's training set) and the test
     split of ``config.features.split``, checked against ``config`` before anything is computed.
 
-    Refused: a k of a protocol that ranks the gallery (``knn_k``, ``retrieval_ks``) larger than the
+    Refused: a k of a protocol that ranks the gallery (``knn.k``, ``retrieval.ks``) larger than the
     train split (a ConfigError naming ``eval.<key>``, the gallery size and the data path), and any
     video of either list that cannot be decoded (a DatasetError naming every such file): evaluation
     reads every video, so one bad file would stop it midway.
@@ -103,8 +106,8 @@ def eval_data(data: DataConfig, config: EvalConfig) -> tuple[VideoDataset, Video
 
 def _check_gallery(config: EvalConfig, gallery: int, what: str) -> None:
     """Every k a ranking protocol asks for must exist among the ``gallery`` train videos."""
-    ranked = {"knn": ("knn_k", config.knn_k, config.knn_k),
-              "retrieval": ("retrieval_ks", list(config.retrieval_ks), max(config.retrieval_ks, default=0))}
+    ranked = {"knn": ("knn.k", config.knn.k, config.knn.k),
+              "retrieval": ("retrieval.ks", list(config.retrieval.ks), max(config.retrieval.ks, default=0))}
     for protocol, (key, value, k) in ranked.items():
         if protocol in config.protocols and k > gallery:
             raise ConfigError(f"eval.{key} = {value}: {protocol} ranks the {gallery} videos of {what} (the gallery); "

@@ -76,9 +76,9 @@ from tqdm.auto import tqdm
 
 from evaluation.protocols import FeatureProtocol
 from core.data.datasets import VideoDataset
-from core.data.loader import LoadRequest, make_loader
+from core.data.loader import make_loader
+from core.data.request import LoadRequest
 from core.data.encoder_input import to_encoder_input
-from core.data.sampling import ClipSpec
 from core.data.transforms import center_crop_video
 from core.data.video import CorruptVideo
 from core.io import atomic_write
@@ -398,10 +398,10 @@ def _extract_local(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """This rank's slice: (features (n, D) float32 CPU, labels (n,), indices (n,))."""
     request = LoadRequest(
-        ClipSpec(frames=protocol.frames, stride=protocol.stride, clips=protocol.clips),
+        frames=protocol.frames, stride=protocol.stride, clips=protocol.clips,
         mode="uniform",
         modalities=tuple(sorted({STREAM[m] for m in mods})),
-        size=tuple(protocol.resize),
+        decode_size=tuple(protocol.resize),
         flow_root=None if flow_root is None else str(flow_root),
     )
     r, w = rank(), world_size()

@@ -30,8 +30,8 @@ from core.uncertainty import with_interval
 from core.config import DataConfig, PretrainConfig
 from core.data.datasets import VideoDataset, open_dataset
 from core.data.encoder_input import to_encoder_input
-from core.data.loader import LoadRequest, make_loader
-from core.data.sampling import ClipSpec
+from core.data.loader import make_loader
+from core.data.request import LoadRequest
 
 
 @dataclass
@@ -69,7 +69,7 @@ def test_classifier(model, videos: VideoDataset, protocol: FinetuneProtocol, *, 
                     workers: int = 2, progress: bool = True) -> dict[str, float]:
     """Video- and clip-level top-1 of ``model.logits`` on every video of ``videos``, with the
     bootstrap interval of the video-level top-1 (``video_top1_ci_low/high``)."""
-    request = LoadRequest(ClipSpec(protocol.frames, protocol.stride, protocol.test_clips), mode="uniform", size=protocol.resize)
+    request = LoadRequest(frames=protocol.frames, stride=protocol.stride, clips=protocol.test_clips, mode="uniform", decode_size=protocol.resize)
     loader = make_loader(videos, request, batch_size, train=False, workers=workers)
     model.eval()
     video_hits: list[torch.Tensor] = []

@@ -51,9 +51,9 @@ from torch import Tensor, nn
 from evaluation.features import STREAM, _unwrap, clip_features, crop_clips
 from evaluation.protocols import FeatureProtocol
 from core.data.datasets import DatasetError, VideoDataset
-from core.data.loader import ClipDataset, LoadRequest
+from core.data.loader import ClipDataset
+from core.data.request import LoadRequest
 from core.data.modalities import read_flow, static_view
-from core.data.sampling import ClipSpec
 from core.data.encoder_input import to_encoder_input
 from core.data.video import CorruptVideo, read_frames
 
@@ -178,7 +178,7 @@ def probe_transform(protocol: FeatureProtocol) -> Callable[[Tensor], Tensor] | N
 
 def _first_clip(dataset: ClipDataset, index: int, stream: str, flow_root) -> Tensor:
     """uint8 (1, T, H, W, C): the first evaluation clip of one video (only that clip is decoded)."""
-    rec, size = dataset.videos[index], dataset.request.size
+    rec, size = dataset.videos[index], dataset.request.decode_size
     if not rec.ok:
         raise CorruptVideo(rec.path, rec.error)
     idx = dataset.frame_indices(index, 0)[0]
@@ -218,10 +218,10 @@ def probe_clips(
     modality = protocol.modality
     stream = STREAM[modality]
     request = LoadRequest(
-        ClipSpec(frames=protocol.frames, stride=protocol.stride, clips=protocol.clips),
+        frames=protocol.frames, stride=protocol.stride, clips=protocol.clips,
         mode="uniform",
         modalities=(stream,),
-        size=tuple(protocol.resize),
+        decode_size=tuple(protocol.resize),
         flow_root=None if flow_root is None else str(flow_root),
     )
     dataset = ClipDataset(videos, request, strict=True)  # for its frame indices: the evaluation sampling

@@ -25,10 +25,9 @@ import json
 from dataclasses import dataclass, field
 
 from core.config import ConfigError
-from core.data.encoder_input import EncoderTraining, InputConvention
+from core.data.encoder_input import ENCODER_MODALITIES as MODALITIES, EncoderTraining, InputConvention
 
 LAYERS = ("pooled", "conv5_maxpool")  # global average pool of layer4, or IIC's (1,2,2) max-pooled, flattened conv5
-MODALITIES = ("rgb", "residual", "flow")
 MERGE_RULES = ("l2", "concat")  # each part L2-normalised then concatenated, or raw concatenation (IIC's retrieval script)
 
 

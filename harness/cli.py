@@ -299,7 +299,7 @@ def _add_run(commands) -> None:
     p.add_argument("suite", type=Path, help="suite file, e.g. benchmarks/suites/smoke.toml")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="change a key of the suite file, dotted for nested ones, value in TOML syntax "
-                   "(e.g. --set pretrain.epochs=1 --set seeds=[0,1] --set eval.knn_k=10)")
+                   "(e.g. --set pretrain.epochs=1 --set seeds=[0,1] --set eval.knn.k=10)")
     p.add_argument("--force", action="store_true",
                    help="rerun runs that finished before, each from scratch: the last.pt and encoder.pt of its run folder "
                    "(and of its fine-tune folder) are deleted before it trains, so no earlier checkpoint is resumed")

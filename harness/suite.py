@@ -52,7 +52,7 @@ whose configuration and protocols match a FINISHED run of the experiment is skip
 
 The whole suite is checked before the first run trains (:func:`expand`), so a mistake never
 surfaces after hours of pretraining: every key of every row, the backbones, the evaluation split
-against ``data.split``, every k of a ranking protocol (``eval.knn_k``, ``eval.retrieval_ks``)
+against ``data.split``, every k of a ranking protocol (``eval.knn.k``, ``eval.retrieval.ks``)
 against the gallery (the train split), and every video of the evaluated train and test lists
 (probed, not decoded). ``[data.synth]`` data is generated before these checks.
 
@@ -75,7 +75,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core.config import ConfigError, DataConfig, PretrainConfig, config_hash, from_dict, load_toml, to_dict
+from core.config import RECIPE_FIELDS, ConfigError, DataConfig, PretrainConfig, config_hash, from_dict, load_toml, to_dict
 from core.io import RunMemo
 
 log = logging.getLogger(__name__)
@@ -197,10 +197,6 @@ def reference_backbones(suite: Suite, runs: list[SuiteRun]) -> list[str]:
     return list(dict.fromkeys(used))
 
 
-_RECIPE_KEYS = ("epochs", "batch_size", "optimizer", "lr", "weight_decay", "momentum", "schedule", "milestones", "gamma",
-                "warmup_epochs", "clip_grad")
-
-
 def paper_changes(config: PretrainConfig) -> tuple[str, ...]:
     """The settings of a paper-setup run that differ from its method's paper configuration: recipe
     fields (lr only when set explicitly: the linear rule follows the batch), method Config fields,
@@ -208,7 +204,7 @@ def paper_changes(config: PretrainConfig) -> tuple[str, ...]:
     from methods.base import build_config, get_method
 
     cls = get_method(config.method)
-    changed = [k for k in _RECIPE_KEYS if getattr(config, k) is not None and getattr(config, k) != getattr(cls.recipe, k)]
+    changed = [k for k in RECIPE_FIELDS if getattr(config, k) is not None and getattr(config, k) != getattr(cls.recipe, k)]
     paper_config = build_config(cls)
     changed += [f"method_args.{k}" for k, v in config.method_args.items() if getattr(paper_config, k, None) != v]
     if config.init is not None and config.init != cls.backbone_init:

@@ -3,8 +3,9 @@
 One optimizer step: take ``accumulate`` uint8 micro-batches from the loader, move them to the
 device, augment them there (per-clip parameters, see :mod:`core.data.transforms`), call the
 method's ``training_step`` under bf16 autocast (CUDA; fp32 on CPU), check the loss is finite,
-backpropagate, clip, step the timm optimizer and scheduler, and run the method's
-``after_optimizer_step`` hook (momentum encoders, queues).
+backpropagate, clip, step the timm optimizer and scheduler, update the momentum encoders the
+method declares (``Method.momentum_pairs``, ``Method.update_momentum``) and run its
+``after_optimizer_step`` hook.
 
 Runs are resumable and crash-safe: checkpoints hold the model (queues and banks are buffers),
 optimizer, scheduler, RNG states and position, are written atomically (temp file + rename) and
@@ -38,7 +39,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import inspect
-import json
 import logging
 import math
 import os
@@ -60,12 +60,11 @@ from core.config import ConfigError, PretrainConfig, config_hash, resolve_recipe
 from core.data.cache import reserve as reserve_frame_cache
 from core.data.datasets import VideoDataset, open_dataset
 from core.data.encoder_input import EncoderTraining, training_stride
-from core.data.loader import LoadRequest, VideoLoader, make_loader
-from core.data.sampling import ClipSpec
+from core.data.loader import VideoLoader, make_loader
 from core.data.symmetry import check_flip
 from core.data.transforms import VideoAugment
 from core.distributed import DistInfo, convert_sync_batchnorm, init_distributed
-from core.io import RunFolderLocked, RunMemo, atomic_write, remove_stale_temp_files, run_folder_lock, write_json_atomic
+from core.io import RunFolderLocked, RunMemo, atomic_write, remove_stale_temp_files, run_folder_lock
 from evaluation.finetune import TrainedClassifier
 from methods.base import DataSpec, Method, Recipe, StepOutput, TrainState, config_dict, create_method, get_method
 
@@ -143,7 +142,7 @@ def build_optimizer(params, recipe: Recipe) -> torch.optim.Optimizer:
     """A timm optimizer for the recipe; weight decay applies to every parameter, as in the papers."""
     if recipe.optimizer not in _OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {', '.join(_OPTIMIZERS)}, got {recipe.optimizer!r}")
-    extra = {"momentum": recipe.momentum} if recipe.optimizer == "sgd" else {"betas": recipe.betas}
+    extra = {"momentum": recipe.sgd_momentum} if recipe.optimizer == "sgd" else {"betas": recipe.betas}
     return create_optimizer_v2(params, opt=_OPTIMIZERS[recipe.optimizer], lr=recipe.lr, weight_decay=recipe.weight_decay, **extra)
 
 
@@ -180,12 +179,12 @@ def _milestones(recipe: Recipe) -> list[float]:
     return sorted(recipe.milestones)
 
 
-def load_request(spec: DataSpec, config: PretrainConfig) -> LoadRequest:
-    """The loader request a method's DataSpec asks for."""
-    modalities = spec.modalities
-    flow_root = config.data.flow_root or (str(Path(config.data.path) / "flow") if "flow" in modalities else None)
-    return LoadRequest(ClipSpec(spec.frames, spec.stride, spec.clips), mode="random", modalities=modalities,
-                       size=spec.decode_size, flow_root=flow_root, backend=config.data.backend, sampler=spec.sampler)
+def with_run_settings(spec: DataSpec, config: PretrainConfig) -> DataSpec:
+    """A method's DataSpec with what the run adds: the decode-size override, the flow cache and the
+    decoding backend (a DataSpec is the loader's request)."""
+    flow_root = config.data.flow_root or (str(Path(config.data.path) / "flow") if "flow" in spec.modalities else None)
+    decode_size = tuple(config.decode_size) if config.decode_size is not None else spec.decode_size
+    return dataclasses.replace(spec, decode_size=decode_size, flow_root=flow_root, backend=config.data.backend)
 
 
 class DeviceAugment:
@@ -367,10 +366,7 @@ class Pretraining:
             load_encoder_weights(backbone, config.init_encoder)
         try:
             self.method: Method = create_method(config.method, backbone, dataset_size=len(self.videos), overrides=config.method_args)
-            self.spec = self.method.data_spec()
-            if config.decode_size is not None:
-                self.spec = dataclasses.replace(self.spec, decode_size=tuple(config.decode_size))
-            self.request = load_request(self.spec, config)
+            self.spec = with_run_settings(self.method.data_spec(), config)
         except ConfigError:
             raise
         except ValueError as err:  # a method Config, DataSpec or clip request refusing a value of method_args
@@ -404,7 +400,7 @@ class Pretraining:
         if self.recipe.batch_size % (world * accumulate):
             raise ValueError(f"batch_size {self.recipe.batch_size} must be divisible by world_size*accumulate = {world * accumulate}")
         self.micro_batch = self.recipe.batch_size // (world * accumulate)
-        self.loader: VideoLoader = make_loader(self.videos, self.request, self.micro_batch, train=True,
+        self.loader: VideoLoader = make_loader(self.videos, self.spec, self.micro_batch, train=True,
                                                workers=self.config.data.workers, seed=self.config.seed, rank=self.dist.rank, world_size=world)
         available = len(self.loader) // accumulate
         if available == 0:
@@ -441,7 +437,7 @@ class Pretraining:
         # rank from gathered keys, and broadcasting them each step would cost bandwidth for nothing.
         sync = {"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(
             nn.parallel.DistributedDataParallel).parameters else {"broadcast_buffers": False}
-        return nn.parallel.DistributedDataParallel(method, device_ids=ids, find_unused_parameters=getattr(method, "find_unused_parameters", False),
+        return nn.parallel.DistributedDataParallel(method, device_ids=ids, find_unused_parameters=method.find_unused_parameters,
                                                    **sync)
 
     # --------------------------------------------------------------------- the run folder
@@ -606,6 +602,7 @@ class Pretraining:
         self.optimizer.zero_grad(set_to_none=True)
         self.state.step += 1
         self.scheduler.step_update(self.state.step)
+        self.method.update_momentum(self.state)  # EMA of the declared momentum pairs, also after a skipped update
         self.method.after_optimizer_step(self.state)
         return StepOutput(torch.tensor(total), parts_sum)
 

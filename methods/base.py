@@ -10,19 +10,28 @@ obligations:
   shaped (B, clips, C, T, H, W) per modality, and returns the loss and named parts;
 - :attr:`Method.encoder` is the backbone that evaluation uses; ``encoder(x)`` gives (B, D).
 
-Optional hooks: :meth:`after_optimizer_step` (momentum encoders, prototype normalisation),
-:meth:`param_groups`, :meth:`encoder_input` (what the encoder eats; default: the first modality
-of the DataSpec, normalised as its augmentation normalises) and :meth:`effective_settings` (values
-the method derived from its config, e.g. a queue capped by the data set size, logged with the run).
-Queues and memory banks are buffers, so they checkpoint with the model.
+Momentum encoders are declared, not updated by hand: :meth:`Method.momentum_pairs` names each
+online module and its frozen copy (built with :func:`momentum_copy`), :meth:`Method.momentum`
+gives the EMA coefficient per step, and the harness calls :meth:`Method.update_momentum` after
+every optimizer step. :func:`key_pass` runs a batch through a momentum copy with shuffle BN.
+
+Optional hooks: :meth:`after_optimizer_step` (e.g. prototype normalisation; it runs after the
+momentum update), :meth:`param_groups`, :meth:`encoder_input` (what the encoder eats; default:
+the first modality of the DataSpec, normalised as its augmentation normalises) and
+:meth:`effective_settings` (values the method derived from its config, e.g. a queue capped by the
+data set size, logged with the run). Queues and memory banks are buffers, so they checkpoint with
+the model.
 
 Class attributes describe the paper's setup: ``recipe`` (optimizer, schedule, batch, epochs),
 ``paper_backbone`` (the network the paper trained) and ``backbone_init`` (its initialisation, the
 default of every run of the method; ``PretrainConfig.init`` overrides it). A suite with
 ``backbones = ["paper"]`` trains each method as its paper did (docs/paper-configurations.md).
+``find_unused_parameters`` is passed to DDP: True when some trainable parameters get no gradient
+in some steps (MLFO's graph heads before ``split``).
 
-Every method's Config has ``frames`` (per clip) and ``crop`` (pixels) fields, so a suite can
-shrink the input of every method at once for a CPU budget.
+Every method's Config is a dataclass with ``frames`` (per clip) and ``crop`` (pixels) fields, so
+a suite can shrink the input of every method at once for a CPU budget; registration refuses a
+Config without them.
 
 Registration: ``@register_method("name")`` on the class; methods that live in other packages
 are found through the ``vsbench.methods`` entry-point group.
@@ -30,8 +39,9 @@ are found through the ``vsbench.methods`` entry-point group.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any, ClassVar
@@ -39,26 +49,24 @@ from typing import Any, ClassVar
 import torch
 import torch.nn as nn
 
-from core.config import UnknownNameError
+from core.config import Recipe, UnknownNameError  # noqa: F401  (Recipe: part of the Method interface)
 from core.data.encoder_input import InputConvention
+from core.data.request import LoadRequest
 from core.data.transforms import AugmentConfig
+from core.distributed import has_sync_bn, shuffle_bn_forward
+from methods.losses import ema_update
 
 ENTRY_POINT_GROUP = "vsbench.methods"
-Stride = float | tuple[float, float]
 
 
 @dataclass(frozen=True)
-class DataSpec:
-    """What the loader delivers to a method for each video of a batch."""
+class DataSpec(LoadRequest):
+    """What a method asks of the data: a :class:`~core.data.request.LoadRequest` (clips, frames,
+    stride, modalities, decode size, sampler) plus how the device augments each clip. The harness
+    adds the run's flow cache and decoding backend and hands it to the loader as it is."""
 
-    clips: int = 2  # clips per video (e.g. query and key)
-    frames: int = 16  # frames per clip
-    stride: Stride = 1  # temporal stride, or a (min, max) range drawn per clip (multi-rate)
-    modalities: tuple[str, ...] = ("rgb",)  # "rgb", "flow"
     shared_crop: bool = False  # one crop/flip for all clips of a video (RGB and flow of a clip always share)
     augment: AugmentConfig = AugmentConfig()  # per-clip device augmentation (the paper's recipe)
-    decode_size: tuple[int, int] | None = (128, 171)  # (H, W) frames are resized to while decoding
-    sampler: str | None = None  # a named clip sampler (core.data.sampling registry); None = independent random clips
     flow_flip_negates_u: bool = True  # a flip negates u (flow as vectors); False flips the field only (colour-coded flow)
 
 
@@ -66,24 +74,6 @@ def decode_size_for_crop(crop: int, at_112: tuple[int, int] = (128, 171)) -> tup
     """The (H, W) a paper decodes its frames to for 112-px crops (``at_112``), scaled to ``crop``,
     so a suite that shrinks the crop keeps each method's crop-to-frame proportion."""
     return round(at_112[0] * crop / 112), round(at_112[1] * crop / 112)
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """A paper's pretraining recipe; a suite may scale the budget (epochs) and the milestones follow."""
-
-    optimizer: str = "sgd"  # sgd | adam | adamw
-    lr: float = 0.01
-    weight_decay: float = 1e-4
-    momentum: float = 0.9
-    betas: tuple[float, float] = (0.9, 0.999)
-    schedule: str = "multistep"  # none | step | multistep | cosine
-    milestones: tuple[float, ...] = ()  # epochs where lr is multiplied by gamma
-    gamma: float = 0.1
-    warmup_epochs: float = 0.0
-    epochs: int = 200
-    batch_size: int = 16
-    clip_grad: float | None = None  # max L2 norm of the gradient (e.g. MSCL's 40); None = no clipping
 
 
 @dataclass
@@ -116,6 +106,33 @@ class StepOutput:
     skip_optimizer: bool = False  # backward runs but the optimizer does not step (e.g. DCLR's queue warm-up)
 
 
+@dataclass(frozen=True)
+class MomentumPair:
+    """An online module and its momentum copy (a :func:`momentum_copy` of it).
+
+    After every optimizer step the copy's parameters become ``m * copy + (1 - m) * online``
+    (MoCo, He et al. 2020, Eq. 2). Its buffers are left alone: a key encoder's BatchNorm
+    statistics come from its own train-mode forward passes, as in MoCo."""
+
+    online: nn.Module
+    copy: nn.Module
+
+
+def momentum_copy(module: nn.Module) -> nn.Module:
+    """A frozen deep copy of ``module`` (same initial weights, ``requires_grad=False``): the
+    momentum (key) encoder of a :class:`MomentumPair`. Frozen, so the optimizer never sees it."""
+    return copy.deepcopy(module).requires_grad_(False)
+
+
+@torch.no_grad()
+def key_pass(encode: Callable[[torch.Tensor], Any], x: torch.Tensor, *, key_encoder: nn.Module, shuffle_bn: bool) -> Any:
+    """``encode(x)`` through a momentum encoder, without gradient. With ``shuffle_bn`` the batch
+    is shuffled across ranks around it (MoCo's shuffle BN, :func:`core.distributed.shuffle_bn_forward`),
+    except in one process and when ``key_encoder`` holds SyncBN, which already removes the leak
+    shuffle BN guards against. ``encode`` may return a tensor or a dict of tensors."""
+    return shuffle_bn_forward(encode, x, enabled=shuffle_bn and not has_sync_bn(key_encoder))
+
+
 class Method(nn.Module):
     """Base class of all methods. Subclasses set ``name``, ``Config`` and ``recipe``."""
 
@@ -125,6 +142,7 @@ class Method(nn.Module):
     reference: ClassVar[bool] = False  # True for label-using reference rows (not listed as methods by suites)
     paper_backbone: ClassVar[str] = "r3d_18"  # the backbone of the paper's main results (suites' "paper" rows)
     backbone_init: ClassVar[str] = "kaiming_fan_out"  # the paper's initialisation (backbones.INIT_SCHEMES)
+    find_unused_parameters: ClassVar[bool] = False  # passed to DDP: True when some parameters may get no gradient in a step
 
     def __init__(self, config: Any, backbone: nn.Module, *, dataset_size: int):
         super().__init__()
@@ -163,8 +181,33 @@ class Method(nn.Module):
         """DDP calls ``forward``: it is the training step, so gradients are synchronised."""
         return self.training_step(batch, state)
 
+    def momentum_pairs(self) -> dict[str, Sequence[MomentumPair]]:
+        """The method's momentum encoders, in named groups that share a momentum schedule
+        (:meth:`momentum`): ``{"key": [MomentumPair(self.backbone, self.key_backbone), ...]}``.
+        Default: none."""
+        return {}
+
+    def momentum(self, group: str, state: TrainState) -> float | tuple[float, ...]:
+        """The EMA momentum of ``group`` after the optimizer step that brought training to
+        ``state.step``; a tuple applies one update per value, in order (MSCL's shipped flow key
+        encoder gets two per step). A method that names momentum pairs overrides this."""
+        raise NotImplementedError(f"{type(self).__name__} names momentum pairs but no momentum schedule")
+
+    @torch.no_grad()
+    def update_momentum(self, state: TrainState) -> None:
+        """EMA update of every :meth:`momentum_pairs` copy, parameters only. The harness calls it
+        after every optimizer step (also one that ``skip_optimizer`` skipped), right before
+        :meth:`after_optimizer_step`; the original MoCo updates at the start of the next forward
+        pass, which is the same sequence of updates. Groups, momenta and pairs go in their
+        declared order."""
+        for group, pairs in self.momentum_pairs().items():
+            momenta = self.momentum(group, state)
+            for m in momenta if isinstance(momenta, tuple) else (momenta,):
+                for pair in pairs:
+                    ema_update(pair.copy, pair.online, m, copy_buffers=False)
+
     def after_optimizer_step(self, state: TrainState) -> None:
-        """Called after every optimizer step (momentum encoders, prototype normalisation, ...)."""
+        """Called after every optimizer step, after :meth:`update_momentum` (e.g. prototype normalisation)."""
 
     def param_groups(self) -> list[dict] | None:
         """Parameter groups for the optimizer; None means all trainable parameters, one group."""
@@ -186,6 +229,7 @@ def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
     def add(cls: type[Method]) -> type[Method]:
         if not isinstance(cls.reference, bool):  # e.g. a method named `reference` shadowing the flag
             raise TypeError(f"{cls.__qualname__}.reference must stay the bool flag of Method, got {cls.reference!r}")
+        _check_config(cls)
         if name in _METHODS and _METHODS[name] is not cls:
             raise ValueError(f"method name {name!r} is already registered by {_METHODS[name].__module__}")
         cls.name = name
@@ -193,6 +237,20 @@ def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
         return cls
 
     return add
+
+
+SHARED_CONFIG_FIELDS = ("frames", "crop")  # every method's; a suite shrinks every method's input through them
+
+
+def _check_config(cls: type[Method]) -> None:
+    """A method's Config is a dataclass whose defaults are the paper's and which has the fields
+    every suite may set (:data:`SHARED_CONFIG_FIELDS`)."""
+    if not dataclasses.is_dataclass(cls.Config):
+        raise TypeError(f"{cls.__qualname__}.Config must be a dataclass (its defaults the paper's), got {cls.Config!r}")
+    missing = [f for f in SHARED_CONFIG_FIELDS if f not in {f.name for f in dataclasses.fields(cls.Config)}]
+    if missing:
+        raise TypeError(f"{cls.__qualname__}.Config lacks field(s) {', '.join(missing)}: every method's Config has "
+                        f"{' and '.join(SHARED_CONFIG_FIELDS)} (frames per clip, crop in pixels), which suites set for every method")
 
 
 def _load_methods() -> None:

@@ -73,46 +73,22 @@ Defects of the released code (docs/methods/dclr.md) and how they are resolved he
 
 Other deviations, and why:
 
-- Key encoder EMA in :meth:`after_optimizer_step` (between steps) instead of inside the forward
-  between the query and the key passes: the same sequence of updates, offset by one step, as
-  ``methods/moco.py`` explains. The original's first key pass (maps and reference embeddings) runs
-  BEFORE its EMA and the second after; here both see the same key encoder.
-- Key clip: the original runs the key encoder over ``k`` twice (``moco/builder.py``,
-  ``MoCo_View.forward_once``): over the unshuffled batch for the maps and reference embeddings
-  (line 411: ``kvc, ksc, kdc, krsv, krdv``), then over the batch permuted by
-  ``_batch_shuffle_ddp`` (line 420: a random permutation of the gathered batch, drawn also on one
-  GPU, which the released code runs as a one-process DDP job) for the keys (line 421). The maps
-  ``ksc``/``kdc`` handed to that second pass are NOT permuted with it, and ``view_resnet.py``
-  (lines 242-249) multiplies them row by row, so permuted row ``i`` (another video) has its RGB
-  map re-weighted with video ``i``'s static / dynamic maps. After the unshuffle, ``k_vs``/``k_vd``
-  of a video carry another video's maps (all but about one video per batch, on one GPU as on
-  many); ``k_vv``, ``k_sv``, ``k_dv`` are unaffected. ``k_vs``/``k_vd`` are the positives of the
-  ``sv``/``dv`` terms and fill the ``vs``/``vd`` queues. vsbench follows the evident intent: the
-  maps re-weighting the key's RGB map and the reference embeddings of the key clip come from the
-  ONE shuffled key pass, in which every view of a video moves together, so each key is
-  re-weighted with its own clip's maps (and a quarter of the forward passes is saved). The two
-  passes are therefore NOT the same in one process: they differ by the map alignment (and the
-  EMA offset above). ``official_key_maps=True`` reproduces the released pass (an extra unshuffled
-  key pass for the maps, then a permuted pass re-weighted with the unpermuted maps). Its effect
-  (how far the misplaced maps move a key, and on trained results) is not measured yet; an ablation
-  row with ``official_key_maps=True`` measures it. A consequence of the one key pass: the original's reference
-  queues ``rs``/``rd``
-  (``f_sv``/``f_dv`` of the key's static/dynamic clip through the key encoder) would hold exactly
-  ``k_sv``/``k_dv``, i.e. copies of the ``sv``/``dv`` queues, so neighbours are mined from the
-  ``sv``/``dv`` queues and only the five logit queues are kept (same shared pointer, so a mined
-  position still indexes the matching column of the logits).
+- Momentum and queues: the key-encoder EMA runs between steps (declared in
+  :meth:`DCLR.momentum_pairs`, applied by the harness), the five queues share one pointer and
+  are capped by the data set size, and the original's queue warm-up (backward without optimizer
+  steps) is ``StepOutput.skip_optimizer``: docs/methods/dclr.md, "Momentum, queues and banks".
+- Key clip: ONE shuffled key pass over ``k`` gives the keys and the maps that re-weight them, so
+  each key is re-weighted with its own clip's maps. The released code (``moco/builder.py``
+  lines 411-421) takes the maps from an unshuffled pass and hands them, unpermuted, to a permuted
+  pass; ``official_key_maps=True`` reproduces that. With one key pass the original's reference
+  queues ``rs``/``rd`` would copy the ``sv``/``dv`` queues, so neighbours are mined from those
+  (docs/methods/dclr.md, "The key maps under the released shuffle").
 - The key pass over the QUERY clip keeps all three views (the RGB map of it is unused) so that the
   key encoder's BatchNorm statistics are over the same mix of views as in the original.
 - Activation-map normalisation divides by ``max(mean, 1e-6)`` (layer4 maps are post-ReLU, so the
   mean is >= 0; the floor only guards an all-zero map). Maps are computed in float32.
 - Heads are initialised as ``view_resnet.py`` does (weights N(0, 0.01), zero biases); hidden width
   is the backbone's feature dimension (512 for R(2+1)D, as the original).
-- Queue size: ``queue_size`` (default 16384, the K400 value) capped at the largest power of two
-  <= dataset_size / 4, which gives the original's 2048 for UCF101's 9,537 training videos and
-  16384 for K400; tiny data sets get short queues.
-- Warm-up quirk: during the first ``warmup_iterations`` (256) steps of epoch 0 the original calls
-  ``backward`` but skips ``optimizer.step()`` (it fills the queues; at UCF101 / batch 40 that is
-  the whole first epoch of 238 steps). Reproduced through ``StepOutput.skip_optimizer``.
 - Data: the original decodes at the native resolution (UCF101: 320x240) and crops from it; here
   frames are decoded at 128x171 (scaled by ``crop / 112``) before the same relative
   RandomResizedCrop. Greyscale comes BEFORE colour jitter, as in the original's kornia pipeline
@@ -124,7 +100,6 @@ Other deviations, and why:
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import torch
@@ -133,13 +108,23 @@ import torch.nn.functional as F
 
 from core.data.modalities import dynamic_view
 from core.data.transforms import AugmentConfig
-from core.distributed import all_gather, batch_shuffle, batch_unshuffle, has_sync_bn, is_distributed, shuffle_bn_forward
-from methods.base import DataSpec, Method, Recipe, StepOutput, TrainState, decode_size_for_crop, register_method
+from core.distributed import all_gather, batch_shuffle, batch_unshuffle, is_distributed
+from methods.base import (
+    DataSpec,
+    Method,
+    MomentumPair,
+    Recipe,
+    StepOutput,
+    TrainState,
+    decode_size_for_crop,
+    key_pass,
+    momentum_copy,
+    register_method,
+)
 from methods.losses import (
     MLPHead,
     MoCoQueue,
     capped_queue_size,
-    ema_update,
     fp32_matmul,
     moco_logits,
     multi_positive_nce,
@@ -181,8 +166,11 @@ class DCLRConfig:
     stride: int = 2
     crop: int = 112
     official_key_maps: bool = False  # True: the released key pass, its maps left behind by the batch shuffle
+    blur_sigma: tuple[float, float] = (0.1, 2.0)  # blur sigma ~ U(range) per clip; (s, s) = one sigma for the run, as released
 
     def __post_init__(self) -> None:
+        if len(self.blur_sigma) != 2 or not 0 <= self.blur_sigma[0] <= self.blur_sigma[1]:
+            raise ValueError(f"blur_sigma must be a range (lo, hi) with 0 <= lo <= hi, got {self.blur_sigma!r}")
         if not isinstance(self.official_key_maps, bool):
             raise ValueError(f"official_key_maps must be a bool, got {self.official_key_maps!r}")
         if self.official_key_maps and not (self.reweight and (self.static_branch or self.dynamic_branch)):
@@ -292,7 +280,7 @@ class DCLR(Method):
 
     Config = DCLRConfig
     paper_backbone = "r2plus1d_10"
-    recipe = Recipe(optimizer="sgd", lr=0.01, momentum=0.9, weight_decay=1e-4, schedule="multistep",
+    recipe = Recipe(optimizer="sgd", lr=0.01, sgd_momentum=0.9, weight_decay=1e-4, schedule="multistep",
                     milestones=(120, 160), gamma=0.1, epochs=200, batch_size=40)
 
     def __init__(self, config: DCLRConfig, backbone: nn.Module, *, dataset_size: int):
@@ -301,8 +289,8 @@ class DCLR(Method):
         self.views = ("v",) + (("s",) if config.static_branch else ()) + (("d",) if config.dynamic_branch else ())
         self.head_names = self._head_names()
         self.heads = nn.ModuleDict({n: _init_head(MLPHead(dim, dim, config.embed_dim, normalize=True)) for n in self.head_names})
-        self.key_backbone = copy.deepcopy(backbone).requires_grad_(False)
-        self.key_heads = copy.deepcopy(self.heads).requires_grad_(False)
+        self.key_backbone = momentum_copy(backbone)
+        self.key_heads = momentum_copy(self.heads)
         self.queue = MoCoQueue(capped_queue_size(config.queue_size, dataset_size, videos_per_slot=4), {n: config.embed_dim for n in self.head_names})
 
     def _head_names(self) -> tuple[str, ...]:
@@ -316,7 +304,7 @@ class DCLR(Method):
 
     def data_spec(self) -> DataSpec:
         c = self.config
-        augment = AugmentConfig(size=(c.crop, c.crop), blur_kernel=_blur_kernel(c.crop),
+        augment = AugmentConfig(size=(c.crop, c.crop), blur_kernel=_blur_kernel(c.crop), blur_sigma=tuple(c.blur_sigma),
                                 grey_before_jitter=True)  # MocoAugment_GPU: RandomGrayscale, then ColorJitter
         return DataSpec(clips=4, frames=c.frames, stride=c.stride, sampler="with_static", shared_crop=False,
                         augment=augment, decode_size=decode_size_for_crop(c.crop))
@@ -367,14 +355,21 @@ class DCLR(Method):
                 out[f"r_{v}"] = self.key_heads[head](reweighted_pool(maps[v], None))
         return out
 
+    def momentum_pairs(self) -> dict[str, list[MomentumPair]]:
+        """The key encoder: backbone and the five heads, momentum copies of the query side."""
+        return {"key": [MomentumPair(self.backbone, self.key_backbone), MomentumPair(self.heads, self.key_heads)]}
+
+    def momentum(self, group: str, state: TrainState) -> float:
+        """A constant ``m`` (0.999)."""
+        return self.config.momentum
+
     @torch.no_grad()
     def keys(self, views: torch.Tensor) -> dict[str, torch.Tensor]:
         """Key embeddings of the key clip's views; the batch (all views of a video together) is
         shuffled across ranks around the key encoder (shuffle BN)."""
         if self.config.official_key_maps:
             return self._released_keys(views)
-        enabled = self.config.shuffle_bn and not has_sync_bn(self.key_backbone)
-        return shuffle_bn_forward(self._key_embeddings, views, enabled=enabled)
+        return key_pass(self._key_embeddings, views, key_encoder=self.key_backbone, shuffle_bn=self.config.shuffle_bn)
 
     def _key_embeddings(self, views: torch.Tensor) -> dict[str, torch.Tensor]:
         maps = self._layer4(self.key_backbone, views)
@@ -444,8 +439,3 @@ class DCLR(Method):
 
         self.queue.enqueue(**{n: all_gather(k[n].contiguous()) for n in self.head_names})
         return StepOutput(loss, parts, skip_optimizer=warmup_active(state, c.warmup_iterations))
-
-    def after_optimizer_step(self, state: TrainState) -> None:
-        # parameters only: the key encoder's BN statistics come from its own forward passes, as in MoCo
-        ema_update(self.key_backbone, self.backbone, self.config.momentum, copy_buffers=False)
-        ema_update(self.key_heads, self.heads, self.config.momentum, copy_buffers=False)

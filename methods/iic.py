@@ -38,9 +38,9 @@ Options (config fields):
   feature with the normalised bank rows and mixes the raw feature into the bank; True
   L2-normalises the features first (CMC-style) for both the logits and the bank update.
 
-Intra-negatives enter only through the bank (``Mn``): their features are computed under
-``no_grad`` (the original computes them with autograd on, but nothing differentiates through
-them, so the gradients are the same), and the logits use the bank rows from earlier steps.
+Intra-negatives enter only through the bank (``Mn``), so their features are computed under
+``no_grad``. The banks (start, update order, DDP, precision): docs/methods/iic.md, "Momentum,
+queues and banks".
 
 Deviations from the official code, and why:
 
@@ -52,13 +52,8 @@ Deviations from the official code, and why:
   from torch's global RNG of the batch's device, which the harness seeds and checkpoints, so
   no generator of its own is stored. Under DDP each rank draws its own negatives and its own
   intra-negative frames/chunks (the original is single-GPU).
-- DDP: features and dataset indices are all-gathered before the bank updates, so every rank
-  applies the same update to the same banks (the banks start identical: fixed seeds). Each
-  rank's loss uses its own queries only, which DDP's gradient averaging turns into the mean over
-  the global batch, as in the single-GPU original.
-- Bank update with repeated indices in one batch: the last occurrence wins (MemoryBank's rule);
-  the original's ``index_copy_`` leaves it unspecified. The training sampler draws each video
-  once per epoch, so this does not occur in practice.
+- Banks under DDP (gathered updates, identical on every rank) and with a repeated index in one
+  batch (the last occurrence wins): docs/methods/iic.md.
 - Data: the original decodes at 128x171 and takes a RandomCrop(112). Here the frames are decoded
   at ``decode_size`` (128x171 scaled by ``crop / 112``, so suites that shrink ``crop`` keep the
   same crop-to-frame proportion) and the crop is a RandomResizedCrop whose area and aspect are
@@ -238,7 +233,7 @@ class IIC(Method):
     Config = IICConfig
     paper_backbone = "r3d_vcop"
     backbone_init = "pytorch_default"
-    recipe = Recipe(optimizer="sgd", lr=0.01, momentum=0.9, weight_decay=1e-4, batch_size=16, schedule="multistep",
+    recipe = Recipe(optimizer="sgd", lr=0.01, sgd_momentum=0.9, weight_decay=1e-4, batch_size=16, schedule="multistep",
                     milestones=(45, 90, 125, 160), gamma=0.2, epochs=240)
 
     def __init__(self, config: IICConfig, backbone: nn.Module, *, dataset_size: int):

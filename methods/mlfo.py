@@ -94,14 +94,10 @@ Deviations from the official code, and why:
   decay included) leaves it untouched: the same update. The rows are re-normalised after every
   optimizer step (:meth:`after_optimizer_step`) and once at construction, which is the same
   sequence as the original's normalisation at the start of every step.
-- Logit queue: ``queue_size`` rows (1024 in the original) capped at the largest power of two
-  <= dataset_size / 2 (at least 16), so the randn initial rows are all replaced within the first
-  epoch even on small data sets (one epoch pushes about dataset_size rows) and the queue never
-  holds more rows than an epoch brings. At UCF101 scale it stays 1024. If the global batch is
-  larger than the queue, the codes come from the current batch alone (the original would fail).
-  The queue starts randn from a fixed seed (identical on every rank) and is a buffer.
-- The sinkhorn is ``methods.losses.sinkhorn_knopp`` on the gathered (or queued) logits with
-  ``all_reduce=False``: every rank holds the same global scores, as in the original.
+- Logit queue: capped by the data set size; codes from the current batch alone when the global
+  batch is longer than the queue (the original would fail). The queue's start, push and length,
+  and Sinkhorn over identical global scores on every rank: docs/methods/mlfo.md, "Momentum,
+  queues and banks".
 - Data: the harness decodes videos (or frame folders) and resizes to ``decode_size`` = the
   original's 150x200 (H x W) scaled by ``crop / 112``. Videos shorter than the window are
   skipped and named by the loader (the original drops videos with <= 32 frames). The crop is the harness's RandomResizedCrop with

@@ -88,18 +88,11 @@ Deviations from the official code, and why:
   left out, and only level 0, the one LMCL uses, is produced (the other levels feed no loss).
   The RGB embedding comes from GAP(layer4) of the backbone, as ``TPNMoCo(emb_from_bkb=True)``, so
   the key side needs no neck (the original keeps an EMA copy whose output is unused).
-- Momentum: the key encoders are updated once per step in :meth:`after_optimizer_step` with
-  ``m = cosine_momentum(step, total_steps, 0.994, 1)`` (the original counts samples seen, which
-  gives the same fraction of training). The original calls the flow recognizer twice per step, so
-  its flow key encoder gets two EMA updates per step and its sample counter runs at twice the
-  speed (momentum reaches 1, i.e. the key encoder freezes, halfway through training): a side
-  effect of the code structure. ``flow_ema_per_step=2`` reproduces it.
-- Queue: 65536 capped at the largest power of two not above the data set size (min 16), so a small
-  data set's queue does not hold several stale keys of each video; K400 keeps 65536.
-  ``aug_sees_new_flow_keys=True`` (default, as shipped) lets the aug-flow MoCo and the RGB->flow
-  cross-modal terms see the flow queue after this step's ``k_f`` were enqueued (so the RGB->flow
-  positive is also among the negatives, at 0.99999 of its value); False uses the pre-enqueue queue.
-  With FRA off there is no second flow forward, and the pre-enqueue queue is used either way.
+- Momentum and queues: both key encoders are updated once per step, between steps (declared in
+  :meth:`MSCL.momentum_pairs`, applied by the harness; ``flow_ema_per_step=2`` restores the
+  original's two flow updates per step at double schedule speed), and both queues are capped by
+  the data set size; ``aug_sees_new_flow_keys`` sets which flow queue the aug-flow and RGB->flow
+  terms read: docs/methods/mscl.md, "Momentum, queues and banks".
 - Precision: every MoCo, cross-modal and LMCL logit (query . key, query . decayed queue, RGB
   step . flow step) is computed in float32 with autocast off (``methods.losses``); the encoders,
   neck and heads run under the harness's bf16 autocast.
@@ -112,7 +105,6 @@ Deviations from the official code, and why:
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -125,9 +117,9 @@ import core.data.mds  # noqa: F401  (registers the "mds" clip sampler this metho
 from backbones import create_backbone
 from core.data.modalities import dequantize_flow01, flow_to_color, normalize_flow_per_frame, rotate_flow
 from core.data.transforms import AugmentConfig
-from core.distributed import all_gather, has_sync_bn, shuffle_bn_forward
-from methods.base import DataSpec, Method, Recipe, StepOutput, TrainState, register_method
-from methods.losses import MLPHead, MoCoQueue, capped_queue_size, cosine_momentum, ema_update, fp32_matmul, moco_logits
+from core.distributed import all_gather
+from methods.base import DataSpec, Method, MomentumPair, Recipe, StepOutput, TrainState, key_pass, momentum_copy, register_method
+from methods.losses import MLPHead, MoCoQueue, capped_queue_size, cosine_momentum, fp32_matmul, moco_logits, moco_loss
 
 __all__ = [
     "MSCLConfig",
@@ -275,11 +267,6 @@ def lmcl_loss(rgb_map: torch.Tensor, flow_maps: Sequence[torch.Tensor], temperat
     return F.cross_entropy(logits, labels), logits
 
 
-def _moco_ce(query: torch.Tensor, key: torch.Tensor, queue: torch.Tensor, temperature: float) -> torch.Tensor:
-    logits, labels = moco_logits(query, key, queue, temperature)
-    return F.cross_entropy(logits, labels)
-
-
 # --------------------------------------------------------------------------------------------
 # Method
 # --------------------------------------------------------------------------------------------
@@ -291,9 +278,8 @@ class MSCL(Method):
 
     Config = MSCLConfig
     paper_backbone = "r3d_18"
-    recipe = Recipe(optimizer="sgd", lr=0.02, momentum=0.9, weight_decay=1e-4, schedule="cosine", milestones=(),
+    recipe = Recipe(optimizer="sgd", lr=0.02, sgd_momentum=0.9, weight_decay=1e-4, schedule="cosine", milestones=(),
                     warmup_epochs=0.0, epochs=400, batch_size=128, clip_grad=40.0)
-    find_unused_parameters = False  # every trainable parameter feeds a loss in every configuration
 
     def __init__(self, config: MSCLConfig, backbone: nn.Module, *, dataset_size: int):
         super().__init__(config, backbone, dataset_size=dataset_size)
@@ -303,10 +289,10 @@ class MSCL(Method):
         self.flow_backbone = create_backbone(c.flow_backbone, in_channels=3)
         fdim = self.flow_backbone.feature_dim
         self.flow_head = MLPHead(fdim, fdim, c.embed_dim, normalize=True)
-        self.key_backbone = copy.deepcopy(backbone).requires_grad_(False)
-        self.key_head = copy.deepcopy(self.head).requires_grad_(False)
-        self.key_flow_backbone = copy.deepcopy(self.flow_backbone).requires_grad_(False)
-        self.key_flow_head = copy.deepcopy(self.flow_head).requires_grad_(False)
+        self.key_backbone = momentum_copy(backbone)
+        self.key_head = momentum_copy(self.head)
+        self.key_flow_backbone = momentum_copy(self.flow_backbone)
+        self.key_flow_head = momentum_copy(self.flow_head)
         self.neck = None
         if c.lmcl:
             if c.neck_channels != fdim:
@@ -329,15 +315,27 @@ class MSCL(Method):
                         augment=AugmentConfig(size=(c.crop, c.crop), jitter_per_frame=True, blur_sigma_per="batch",
                                               blur_sigma_groups=2),  # one sigma for the q clips, one for the k clips
                         sampler=("mds" if c.key_snap == "official" else "mds_nearest") if c.mds else None,
-                        flow_flip_negates_u=False)
+                        decode_size=(128, 171), flow_flip_negates_u=False)
 
     # ---------------------------------------------------------------- encoders
 
-    @torch.no_grad()
+    def momentum_pairs(self) -> dict[str, list[MomentumPair]]:
+        """Two key encoders: RGB (backbone, head) and flow (flow backbone, flow head)."""
+        return {"rgb": [MomentumPair(self.backbone, self.key_backbone), MomentumPair(self.head, self.key_head)],
+                "flow": [MomentumPair(self.flow_backbone, self.key_flow_backbone), MomentumPair(self.flow_head, self.key_flow_head)]}
+
+    def momentum(self, group: str, state: TrainState) -> float | tuple[float, float]:
+        """``cosine_momentum(step, total_steps, momentum_base, 1)``; with ``flow_ema_per_step=2`` the
+        flow group gets two updates per step on a schedule that runs twice as fast (the original)."""
+        c = self.config
+        total = max(1, state.total_steps)
+        if group == "flow" and c.flow_ema_per_step == 2:
+            return tuple(cosine_momentum(2 * state.step + i, total, c.momentum_base, 1.0) for i in (0, 1))
+        return cosine_momentum(state.step, total, c.momentum_base, 1.0)
+
     def _keys(self, backbone: nn.Module, head: nn.Module, clips: torch.Tensor) -> torch.Tensor:
         """L2-normalised key embeddings, with shuffle BN across ranks (MoCo's ``_batch_shuffle_ddp``)."""
-        enabled = self.config.shuffle_bn and not has_sync_bn(backbone)
-        return shuffle_bn_forward(lambda x: head(backbone(x)), clips, enabled=enabled)
+        return key_pass(lambda x: head(backbone(x)), clips, key_encoder=backbone, shuffle_bn=self.config.shuffle_bn)
 
     def flow_inputs(self, flow: torch.Tensor) -> dict[str, torch.Tensor]:
         """The colour-coded flow clips of the layout: ``q_f, k_f`` and, with FRA, ``q_a, k_a`` (B, 3, T, H, W)."""
@@ -383,17 +381,17 @@ class MSCL(Method):
         queue_flow = self.flow_queue.decayed(decay)
         logits_rgb, labels = moco_logits(q, k, queue_rgb, t)
         parts: dict[str, torch.Tensor] = {"rgb": F.cross_entropy(logits_rgb, labels),
-                                          "flow": _moco_ce(q_f, k_f, queue_flow, t)}
+                                          "flow": moco_loss(q_f, k_f, queue_flow, t)}
         self.rgb_queue.enqueue(all_gather(k))
         self.flow_queue.enqueue(all_gather(k_f))
         # the shipped aug-flow forward reads the flow queue after k_f went in (only when it runs)
         queue_flow_seen = self.flow_queue.decayed(decay) if (aug and c.aug_sees_new_flow_keys) else queue_flow
         if aug:
-            parts["flow_aug"] = _moco_ce(q_a, k_a, queue_flow_seen, t)
+            parts["flow_aug"] = moco_loss(q_a, k_a, queue_flow_seen, t)
         if c.cross_modal:
-            parts["cross"] = _moco_ce(q, k_f, queue_flow_seen, t) + _moco_ce(q_f, k, queue_rgb, t)
+            parts["cross"] = moco_loss(q, k_f, queue_flow_seen, t) + moco_loss(q_f, k, queue_rgb, t)
             if aug:
-                parts["cross_aug"] = _moco_ce(q, k_a, queue_flow_seen, t) + _moco_ce(q_a, k, queue_rgb, t)
+                parts["cross_aug"] = moco_loss(q, k_a, queue_flow_seen, t) + moco_loss(q_a, k, queue_rgb, t)
         if level0 is not None:
             parts["lmcl"], _ = lmcl_loss(level0, [map_f, map_a] if aug else [map_f], c.lmcl_temperature)
 
@@ -401,19 +399,3 @@ class MSCL(Method):
         metrics = {f"mscl/{name}": value.detach() for name, value in parts.items()}
         metrics["mscl/rgb_acc"] = (logits_rgb.detach().argmax(dim=1) == 0).float().mean()
         return StepOutput(loss, metrics)
-
-    def after_optimizer_step(self, state: TrainState) -> None:
-        """Momentum updates of both key encoders, momentum cosine-annealed from ``momentum_base`` to 1."""
-        c = self.config
-        total = max(1, state.total_steps)
-        m = cosine_momentum(state.step, total, c.momentum_base, 1.0)
-        # parameters only: the key encoders' BN statistics come from their own forwards, as in MoCo
-        ema_update(self.key_backbone, self.backbone, m, copy_buffers=False)
-        ema_update(self.key_head, self.head, m, copy_buffers=False)
-        if c.flow_ema_per_step == 1:
-            flow_momenta = [m]
-        else:  # the original: two updates per step, its sample counter advancing twice per step
-            flow_momenta = [cosine_momentum(2 * state.step + i, total, c.momentum_base, 1.0) for i in (0, 1)]
-        for mf in flow_momenta:
-            ema_update(self.key_flow_backbone, self.flow_backbone, mf, copy_buffers=False)
-            ema_update(self.key_flow_head, self.flow_head, mf, copy_buffers=False)

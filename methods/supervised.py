@@ -55,7 +55,7 @@ class Supervised(Method):
 
     Config = SupervisedConfig
     reference = True
-    recipe = Recipe(optimizer="sgd", lr=0.01, weight_decay=5e-4, momentum=0.9, schedule="multistep",
+    recipe = Recipe(optimizer="sgd", lr=0.01, weight_decay=5e-4, sgd_momentum=0.9, schedule="multistep",
                     milestones=(20, 25), gamma=0.1, epochs=30, batch_size=32)
 
     def __init__(self, config: SupervisedConfig, backbone: nn.Module, *, dataset_size: int):
@@ -66,7 +66,7 @@ class Supervised(Method):
         c = self.config
         augment = AugmentConfig(size=(c.crop, c.crop), scale=tuple(c.crop_scale), flip_p=0.5 if c.flip else 0.0, jitter_p=0.0, grey_p=0.0,
                                 blur_p=0.0, normalize=False)  # [0, 1] clips: the input convention is applied in training_step
-        return DataSpec(clips=1, frames=c.frames, stride=c.stride, augment=augment)
+        return DataSpec(clips=1, frames=c.frames, stride=c.stride, augment=augment, decode_size=(128, 171))
 
     def encoder_input(self) -> InputConvention:
         c = self.config

@@ -1,8 +1,12 @@
-"""Small real data sets written by the tests: videos with known content, official split files."""
+"""Small real data sets written by the tests: videos with known content, official split files;
+suite files for CPU runs; test methods registered for one block."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +55,89 @@ def write_ucf_like(root: Path, classes: dict[str, int], frames: int = 24) -> Pat
         (ann / f"trainlist0{k}.txt").write_text("\r\n".join(train) + "\r\n")
         (ann / f"testlist0{k}.txt").write_text("\r\n".join(test) + "\r\n")
     return root
+
+
+# ----------------------------------------------------------------------- test methods in the registry
+
+
+@contextlib.contextmanager
+def registered_method(name: str, cls: type) -> Iterator[type]:
+    """``cls`` registered as method ``name`` inside the block only: the registry is as before afterwards.
+
+    A name that is registered already is refused (removing it afterwards would remove a method
+    another test or the package registered)."""
+    from methods import base
+
+    base.list_methods()  # built-ins and entry points first: loading them later must not find the name taken
+    if name in base._METHODS:
+        raise ValueError(f"method name {name!r} is already registered by {base._METHODS[name].__module__}")
+    base.register_method(name)(cls)
+    try:
+        yield cls
+    finally:
+        del base._METHODS[name]
+
+
+# ----------------------------------------------------------------------- suite files
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (str, Path)):
+        return json.dumps(str(value))  # a TOML basic string
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
+    raise TypeError(f"no TOML form for {value!r}")
+
+
+def _toml_lines(table: dict, prefix: str = "") -> list[str]:
+    """Plain keys first, then sub-tables ``[a.b]``, then arrays of tables ``[[a]]`` (their items inline)."""
+    is_table_array = lambda v: isinstance(v, list) and v and all(isinstance(x, dict) for x in v)  # noqa: E731
+    lines = [f"{k} = {_toml_value(v)}" for k, v in table.items() if not isinstance(v, dict) and not is_table_array(v)]
+    for key, value in table.items():
+        if isinstance(value, dict):
+            lines += ["", f"[{prefix}{key}]", *_toml_lines(value, f"{prefix}{key}.")]
+    for key, value in table.items():
+        if is_table_array(value):
+            for item in value:
+                lines += ["", f"[[{prefix}{key}]]", *(f"{k} = {_toml_value(v)}" for k, v in item.items())]
+    return lines
+
+
+def _merged(base: dict, changes: dict) -> dict:
+    out = dict(base)
+    for key, value in changes.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def tiny_suite(data: Path | str, name: str, **changes) -> dict:
+    """A suite for CPU tests: moco on r3d_tiny, seed 0, one 4-frame 32x32 step, kNN on 1 clip per video.
+
+    ``changes`` are merged into it key by key (``pretrain={"batch_size": 8}`` changes that key only;
+    a key given as None is dropped)."""
+    suite = {
+        "name": name, "seeds": [0], "backbones": ["r3d_tiny"], "methods": ["moco"],
+        "data": {"path": str(data), "workers": 0},
+        "pretrain": {"device": "cpu", "epochs": 1, "batch_size": 4, "steps_per_epoch": 1, "decode_size": [32, 43],
+                     "output_dir": "runs", "method_args": {"frames": 4, "crop": 32}},
+        "eval": {"protocols": ["knn"], "workers": 0, "features": {"clips": 1, "frames": 4, "resize": [32, 43], "crop": 32}},
+    }
+    return _merged(suite, changes)
+
+
+def write_suite(path: Path, data: Path | str, name: str, **changes) -> Path:
+    """:func:`tiny_suite` written as TOML to ``path``; returns ``path``."""
+    path.write_text("\n".join(_toml_lines(tiny_suite(data, name, **changes))) + "\n")
+    return path
 
 
 def free_port() -> int:

@@ -197,10 +197,6 @@ def big_convs(net: nn.Module) -> list[nn.Conv3d]:
     return [m for m in net.modules() if isinstance(m, nn.Conv3d) and m.weight.numel() >= 4096]
 
 
-def test_init_schemes_are_named():
-    assert INIT_SCHEMES == ("kaiming_fan_out", "pytorch_default")
-
-
 @pytest.fixture(scope="module")
 def iic_r3d() -> dict[str, VideoBackbone]:
     """IIC's R3D-10 under each scheme, seed 0: scheme -> backbone."""

@@ -43,6 +43,15 @@ def test_epoch_override_scales_the_milestones():
     assert explicit.milestones == (10.0,) and explicit.lr == 0.5
 
 
+def test_every_recipe_field_can_be_overridden_by_its_own_name():
+    """SGD momentum is `sgd_momentum` (a method's EMA momentum lives in method_args), Adam's
+    `betas` reach the recipe, and no Recipe field lacks a run-level override."""
+    adam = resolve_recipe(Recipe(optimizer="adam"), from_dict(PretrainConfig, {"betas": [0.5, 0.9], "sgd_momentum": 0.8}))
+    assert adam.betas == (0.5, 0.9) and adam.sgd_momentum == 0.8
+    with pytest.raises(ConfigError, match=r"^momentum: unknown key"):
+        from_dict(PretrainConfig, {"momentum": 0.9})
+
+
 def test_config_hash_is_stable_and_sensitive():
     a = config_hash(PretrainConfig(lr=0.1))
     assert a == config_hash(PretrainConfig(lr=0.1)) and a != config_hash(PretrainConfig(lr=0.2))
@@ -56,7 +65,8 @@ def test_config_hash_is_stable_and_sensitive():
     ("steps_per_epoch", 0, r"^steps_per_epoch: expected int >= 1, got 0$"),
     ("accumulate", 0, r"^accumulate: expected int >= 1, got 0$"),
     ("weight_decay", -1e-4, r"^weight_decay: expected a finite float >= 0, got -0.0001$"),
-    ("momentum", 1.0, r"^momentum: expected a finite float in \[0, 1\), got 1.0$"),
+    ("sgd_momentum", 1.0, r"^sgd_momentum: expected a finite float in \[0, 1\), got 1.0$"),
+    ("betas", [0.9, 1.0], r"^betas\[1\]: expected a finite float in \[0, 1\), got 1(\.0)?$"),
     ("clip_grad", float("-inf"), r"^clip_grad: expected a finite float >= 0, got -inf$"),
     ("warmup_epochs", float("nan"), r"^warmup_epochs: expected a finite float >= 0, got nan$"),
     ("milestones", [4, -1], r"^milestones\[1\]: expected a finite float >= 0, got -1(\.0)?$"),
@@ -83,9 +93,9 @@ def test_range_errors_name_the_file_or_the_nested_key(tmp_path, capsys):
 
 
 def test_the_ends_of_the_valid_ranges_are_accepted():
-    cfg = from_dict(PretrainConfig, {"momentum": 0, "weight_decay": 0, "clip_grad": 0, "warmup_epochs": 0, "knn_every": 0,
+    cfg = from_dict(PretrainConfig, {"sgd_momentum": 0, "weight_decay": 0, "clip_grad": 0, "warmup_epochs": 0, "knn_every": 0,
                                      "milestones": [0], "epochs": 1, "lr": 1e-12, "data": {"workers": 0}})
-    assert cfg.momentum == 0.0 and cfg.clip_grad == 0.0 and cfg.epochs == 1
+    assert cfg.sgd_momentum == 0.0 and cfg.clip_grad == 0.0 and cfg.epochs == 1
 
 
 def test_unreadable_inputs_end_in_one_error_line_naming_what_to_fix(tmp_path, motionshapes_tiny, capsys):
@@ -105,3 +115,41 @@ def test_unreadable_inputs_end_in_one_error_line_naming_what_to_fix(tmp_path, mo
                 "--output-dir", str(tmp_path / "runs"), "--tracking-uri", f"sqlite:///{tmp_path}/m.db"]
         assert main(args) == 2
         assert "device = 'cuda' was asked for, but torch finds no usable GPU" in capsys.readouterr().err
+
+
+def test_a_method_config_without_frames_and_crop_is_refused_at_registration():
+    from dataclasses import dataclass
+
+    from methods.base import Method, list_methods, register_method
+
+    @dataclass(frozen=True)
+    class OnlyFrames:
+        frames: int = 4
+
+    class NoCrop(Method):
+        Config = OnlyFrames
+
+    class NotADataclass(Method):
+        Config = dict
+
+    with pytest.raises(TypeError, match=r"NoCrop\.Config lacks field\(s\) crop: every method's Config has frames and crop"):
+        register_method("config_rule_test")(NoCrop)
+    with pytest.raises(TypeError, match=r"NotADataclass\.Config must be a dataclass"):
+        register_method("config_rule_test")(NotADataclass)
+    assert "config_rule_test" not in list_methods()
+
+
+def test_eval_configures_each_protocol_in_its_own_table_and_shares_the_features_once():
+    from evaluation.evaluate import EvalConfig
+    from evaluation.protocols import FeatureProtocol, RetrievalProtocol
+
+    config = from_dict(EvalConfig, {"protocols": ["retrieval", "linear", "knn"], "features": {"clips": 3},
+                                    "linear": {"cs": [0.1, 1], "val_fraction": 0.25}, "knn": {"k": 5}, "retrieval": {"ks": [1, 2]}})
+    protocols = config.protocol_objects()
+    assert protocols["linear"].cs == (0.1, 1.0) and protocols["linear"].val_fraction == 0.25
+    assert protocols["knn"].k == 5 and protocols["retrieval"].ks == (1, 2)
+    assert {p.features.clips for p in protocols.values()} == {3}  # one [eval.features] for every feature protocol
+    with pytest.raises(ConfigError, match=r"^eval\.retrieval\.features: the features are shared .* set them once in \[eval\.features\]$"):
+        EvalConfig(retrieval=RetrievalProtocol(features=FeatureProtocol(clips=2)))
+    with pytest.raises(ConfigError, match=r"^eval\.knn_k: unknown key"):
+        from_dict(EvalConfig, {"knn_k": 5}, where="eval")

@@ -10,8 +10,9 @@ import pytest
 
 from harness.cli import main
 from core.data.datasets import DatasetError, load_csv, load_hmdb51, load_ucf101
-from core.data.loader import ClipDataset, LoadRequest, make_loader
-from core.data.sampling import ClipSpec, frames_needed
+from core.data.loader import ClipDataset, make_loader
+from core.data.request import ClipSpec, LoadRequest
+from core.data.sampling import frames_needed
 from core.data.video import CorruptVideo, probe_video, read_frames, write_video
 from tests.helpers import frame_level, level_frames, truncate, write_ucf_like
 
@@ -179,9 +180,9 @@ def test_csv_overlaps_duplicates_two_labels_and_empty_subsets(abc, rows, message
 
 def test_evaluation_refuses_a_video_shorter_than_its_clips(ucf):
     videos = load_ucf101(ucf, subset="all", progress=False)  # group g has 24 + g frames
-    request = LoadRequest(ClipSpec(frames=13, stride=2, clips=2), mode="uniform")  # 25 frames needed: all fit
+    request = LoadRequest(frames=13, stride=2, clips=2, mode="uniform")  # 25 frames needed: all fit
     assert len([i for batch in make_loader(videos, request, batch_size=4, train=False, workers=0) for i in batch["index"]]) == 6
-    request = LoadRequest(ClipSpec(frames=26, clips=2), mode="uniform")  # 26 needed: group 1 is too short
+    request = LoadRequest(frames=26, clips=2, mode="uniform")  # 26 needed: group 1 is too short
     short = next(r for r in videos.records if r.num_frames < 26)
     with pytest.raises(CorruptVideo) as err:
         list(make_loader(videos, request, batch_size=2, train=False, workers=0))
@@ -192,9 +193,9 @@ def test_evaluation_refuses_a_video_shorter_than_its_clips(ucf):
 
 def test_training_skips_counts_and_names_too_short_videos(ucf, caplog):
     videos = load_ucf101(ucf, subset="all", progress=False)
-    request = LoadRequest(ClipSpec(frames=13, stride=2, clips=1), mode="random", size=(16, 32))  # 25 needed
-    assert frames_needed(None, request.spec) == 25
-    request = LoadRequest(ClipSpec(frames=26, clips=1), mode="random", size=(16, 32))
+    request = LoadRequest(frames=13, stride=2, clips=1, mode="random", decode_size=(16, 32))  # 25 needed
+    assert frames_needed(None, request) == 25
+    request = LoadRequest(frames=26, clips=1, mode="random", decode_size=(16, 32))
     short = {r.path for r in videos.records if r.num_frames < 26}
     loader = make_loader(videos, request, batch_size=2, train=True, workers=0)
     with caplog.at_level(logging.WARNING):

@@ -60,7 +60,7 @@ def test_builds_through_the_registry_with_the_readme_recipe():
     assert (c.embed_dim, c.temperature, c.momentum, c.topk, c.map_reg_weight, c.warmup_iterations) == (128, 0.07, 0.999, 5, 0.1, 256)
     assert c.static_branch and c.dynamic_branch and c.reweight and c.neighbours and c.map_regularizer
     r = DCLR.recipe
-    assert (r.optimizer, r.lr, r.momentum, r.weight_decay, r.batch_size) == ("sgd", 0.01, 0.9, 1e-4, 40)
+    assert (r.optimizer, r.lr, r.sgd_momentum, r.weight_decay, r.batch_size) == ("sgd", 0.01, 0.9, 1e-4, 40)
     assert (r.schedule, r.milestones, r.gamma, r.epochs) == ("multistep", (120, 160), 0.1, 200)
     # queue: 2048 for UCF101-sized data (9,537 videos), 16384 for K400; 40 does not divide it (no assertion)
     assert m.queue.size == 2048 and capped_queue_size(16384, 240_000) == 16384 and capped_queue_size(16384, 64) == 16
@@ -87,7 +87,8 @@ def test_data_spec_greys_before_jitter_and_needs_dclr_32_frame_windows():
     # dropped), clip = window[::2], static_idx = randint(0, 32): starts 0..n-32, offsets 0..31.
     import numpy as np
 
-    from core.data.sampling import ClipSpec, build_sampler, frames_needed
+    from core.data.sampling import build_sampler, frames_needed
+    from core.data.request import ClipSpec
 
     spec = DCLR(DCLR.Config(), create_backbone("r3d_tiny"), dataset_size=64).data_spec()
     assert spec.augment.grey_before_jitter
@@ -278,7 +279,7 @@ def test_key_encoder_is_an_ema_of_the_query_encoder():
         for p in [*m.backbone.parameters(), *m.heads.parameters()]:
             p.add_(1.0)
     before = [p.clone() for p in [*m.key_backbone.parameters(), *m.key_heads.parameters()]]
-    m.after_optimizer_step(TrainState(step=1))
+    m.update_momentum(TrainState(step=1))
     after = [*m.key_backbone.parameters(), *m.key_heads.parameters()]
     query = [*m.backbone.parameters(), *m.heads.parameters()]
     for b, a, q in zip(before, after, query):
@@ -297,7 +298,7 @@ def _train(lr: float, steps: int) -> list[float]:
         optimizer.zero_grad()
         out.loss.backward()
         optimizer.step()
-        m.after_optimizer_step(TrainState(step=step + 1))
+        m.update_momentum(TrainState(step=step + 1))
         losses.append(float(out.loss.detach()))
     return losses
 
@@ -356,6 +357,7 @@ def ddp_results(tmp_path_factory):
     return torch.load(out, weights_only=False)
 
 
+@pytest.mark.slow
 def test_ddp_step_with_shuffle_bn_keeps_queues_identical(ddp_results):
     r = ddp_results["shuffle"]
     assert r["shuffles"] == [(2, 3, 3, 4, 32, 32)]  # the key clip's three views, shuffled together
@@ -363,6 +365,7 @@ def test_ddp_step_with_shuffle_bn_keeps_queues_identical(ddp_results):
     assert torch.equal(r["queues"][0], r["queues"][1])
 
 
+@pytest.mark.slow
 def test_ddp_step_with_sync_bn_equals_the_single_process_step(ddp_results):
     r = ddp_results["sync"]
     assert r["shuffles"] == []  # SyncBN replaces the shuffle

@@ -85,6 +85,7 @@ def ddp_results(tmp_path_factory):
     return torch.load(out, weights_only=False)
 
 
+@pytest.mark.slow  # the module's two spawned gloo workers (ddp_results)
 def test_ddp_moco_gradient_equals_single_process_on_the_global_batch(ddp_results):
     method = _moco()
     out = method({"rgb": _global_batch()}, TrainState())
@@ -100,10 +101,12 @@ def test_ddp_moco_gradient_equals_single_process_on_the_global_batch(ddp_results
     assert ddp["ptr"] == int(method.queue.ptr) == 8
 
 
+@pytest.mark.slow  # the module's two spawned gloo workers (ddp_results)
 def test_batch_shuffle_round_trips(ddp_results):
     assert ddp_results["shuffle_roundtrip"]
 
 
+@pytest.mark.slow  # the module's two spawned gloo workers (ddp_results)
 def test_full_gather_gives_the_single_process_gradient_and_local_does_not(ddp_results):
     z = torch.randn(8, 5, generator=torch.Generator().manual_seed(3)).requires_grad_()
     n = F.normalize(z, dim=1)
@@ -113,6 +116,7 @@ def test_full_gather_gives_the_single_process_gradient_and_local_does_not(ddp_re
     assert not torch.allclose(ddp_results["gather_local"], z.grad, atol=1e-4)
 
 
+@pytest.mark.slow  # the module's two spawned gloo workers (ddp_results)
 def test_sync_batchnorm_uses_global_statistics(ddp_results):
     x = torch.randn(8, 3, 2, 4, 4, generator=torch.Generator().manual_seed(5))
     bn = nn.BatchNorm3d(3)

@@ -15,38 +15,8 @@ from backbones import create_backbone
 from harness.cli import main
 from core.data.encoder_input import EncoderTraining
 from harness.train import CHECKPOINT, load_checkpoint, save_checkpoint
-from tests.helpers import truncate, write_ucf_like
+from tests.helpers import truncate, write_suite, write_ucf_like
 
-SUITE = """
-name = "checks"
-seeds = [0]
-backbones = ["r3d_tiny"]
-methods = ["moco"]
-[data]
-path = "{data}"
-workers = 0
-[pretrain]
-device = "cpu"
-epochs = 1
-batch_size = 2
-steps_per_epoch = 1
-decode_size = [32, 64]
-log_every = 1
-progress = false
-output_dir = "{runs}"
-[pretrain.method_args]
-frames = 4
-crop = 32
-[eval]
-protocols = ["knn"]
-knn_k = 2
-workers = 0
-[eval.features]
-clips = 1
-frames = 4
-resize = [32, 64]
-crop = 32
-"""
 RUN_FOLDER = "moco-r3d_tiny-s0"
 
 
@@ -60,9 +30,9 @@ def ucf(tmp_path):
 def suite(tmp_path, ucf, monkeypatch):
     """The suite file, with the working folder in tmp_path (the default store and runs/ land there too)."""
     monkeypatch.chdir(tmp_path)
-    path = tmp_path / "suite.toml"
-    path.write_text(SUITE.format(data=ucf, runs=tmp_path / "runs"))
-    return path
+    return write_suite(tmp_path / "suite.toml", ucf, "checks",
+                       pretrain={"batch_size": 2, "decode_size": [32, 64], "log_every": 1, "progress": False, "output_dir": str(tmp_path / "runs")},
+                       eval={"knn": {"k": 2}, "features": {"resize": [32, 64]}})
 
 
 def _run(suite, *extra: str) -> int:
@@ -85,8 +55,8 @@ def _nothing_written(tmp_path) -> bool:
 
 
 @pytest.mark.parametrize("settings, shown", [
-    (["--set", "eval.knn_k=50"], "eval.knn_k = 50: knn ranks the 4 videos of the train split 1 of"),
-    (["--set", "eval.protocols=['retrieval']", "--set", "eval.retrieval_ks=[1,5]"], "eval.retrieval_ks = [1, 5]: retrieval ranks the 4 videos"),
+    (["--set", "eval.knn.k=50"], "eval.knn.k = 50: knn ranks the 4 videos of the train split 1 of"),
+    (["--set", "eval.protocols=['retrieval']", "--set", "eval.retrieval.ks=[1,5]"], "eval.retrieval.ks = [1, 5]: retrieval ranks the 4 videos"),
 ])
 def test_a_suite_refuses_k_larger_than_the_gallery_before_any_run(suite, ucf, tmp_path, capsys, settings, shown):
     assert _run(suite, *settings) == 2
@@ -102,11 +72,11 @@ def test_eval_refuses_k_larger_than_the_gallery_before_extracting(ucf, tmp_path,
                               "state_dict": create_backbone("r3d_tiny").state_dict()})
     small = ["--protocols", "knn", "--device", "cpu", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", "--set", "workers=0",
              "--set", "features.clips=1", "--set", "features.frames=4", "--set", "features.resize=[32,64]", "--set", "features.crop=32"]
-    assert main(["eval", str(encoder), "--data", str(ucf), *small, "--set", "knn_k=5"]) == 2
+    assert main(["eval", str(encoder), "--data", str(ucf), *small, "--set", "knn.k=5"]) == 2
     line = _error_line(capsys)
-    assert "eval.knn_k = 5: knn ranks the 4 videos of the train split 1 of" in line and str(ucf) in line and "at most 4" in line
+    assert "eval.knn.k = 5: knn ranks the 4 videos of the train split 1 of" in line and str(ucf) in line and "at most 4" in line
     assert not (tmp_path / "mlflow.db").exists() and not (encoder.parent / "eval").exists()
-    assert main(["eval", str(encoder), "--data", str(ucf), *small, "--set", "knn_k=4"]) == 0  # the whole gallery is a valid k
+    assert main(["eval", str(encoder), "--data", str(ucf), *small, "--set", "knn.k=4"]) == 0  # the whole gallery is a valid k
     assert "eval/knn/top1" in capsys.readouterr().out
 
 
@@ -139,6 +109,7 @@ def _latest_pretrain_run(tmp_path):
     return run, [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
 
 
+@pytest.mark.slow  # three suite runs, each pretraining and evaluating
 def test_force_trains_afresh_and_a_changed_config_without_it_is_refused(suite, tmp_path, capsys):
     checkpoint = tmp_path / "runs" / RUN_FOLDER / CHECKPOINT
     assert _run(suite) == 0
@@ -193,7 +164,7 @@ def test_dry_run_prints_the_resolved_configs_and_writes_nothing(suite, tmp_path,
     configs = _planned_configs(out)
     assert sorted(configs) == ["moco-r3d_tiny-s0", "moco-r3d_tiny-s1"]
     assert [c["epochs"] for c in configs.values()] == [3, 3] and [c["seed"] for c in configs.values()] == [0, 1]
-    assert "random-init-r3d_tiny-s1 (reference row)" in out and '"knn_k": 2' in out
+    assert "random-init-r3d_tiny-s1 (reference row)" in out and '"k": 2' in out
     assert _nothing_written(tmp_path)
     assert _run(suite, "--dry-run") == 0
     assert {c["epochs"] for c in _planned_configs(capsys.readouterr().out).values()} == {1}  # the file's own value
@@ -201,7 +172,7 @@ def test_dry_run_prints_the_resolved_configs_and_writes_nothing(suite, tmp_path,
 
 @pytest.mark.parametrize("settings, message", [
     (["--set", "pretrain.epochz=3"], "pretrain.epochz: unknown key"),
-    (["--set", "eval.knn_k=9"], "eval.knn_k = 9"),
+    (["--set", "eval.knn.k=9"], "eval.knn.k = 9"),
     (["--set", "pretrain"], "--set 'pretrain': expected KEY=VALUE"),
 ])
 def test_dry_run_of_an_invalid_suite_exits_2(suite, tmp_path, capsys, settings, message):

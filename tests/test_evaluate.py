@@ -1,23 +1,26 @@
 """Every protocol on one encoder, fine-tuning, reference rows and the suite's table, on real videos."""
 
 import dataclasses
+import json
 
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
 from backbones import create_backbone
-from evaluation.evaluate import EvalConfig, evaluate_encoder, protocol_tags
+from evaluation.evaluate import EvalConfig, _bias_gap, evaluate_encoder, protocol_tags
+from evaluation.features import FeatureSet
 from evaluation.finetune import run_finetune
 from evaluation.protocols import EncoderTraining, FeatureProtocol, FinetuneProtocol, KNNProtocol, LinearProtocol, RetrievalProtocol
 from harness.cli import main
 from core.config import DataConfig, PretrainConfig
-from core.data.synthetic import PRESETS, generate_motionshapes
+from core.data.datasets import open_dataset
 from harness.train import pretrain, train_classifier
+from tests.helpers import write_suite, write_ucf_like
 
 FEATURES = FeatureProtocol(clips=2, frames=4, resize=(32, 43), crop=32)
 FINETUNE = FinetuneProtocol(epochs=1, batch_size=8, steps_per_epoch=2, frames=4, crop=32, resize=(32, 43), test_clips=3, milestones=())
-SMALL_EVAL = EvalConfig(protocols=["retrieval", "linear", "knn", "probe"], features=FEATURES, retrieval_ks=(1, 5, 10),
+SMALL_EVAL = EvalConfig(protocols=["retrieval", "linear", "knn", "probe"], features=FEATURES, retrieval=RetrievalProtocol(ks=(1, 5, 10)),
                         probe_videos=6, workers=0, finetune=FINETUNE)
 
 
@@ -66,13 +69,30 @@ def test_every_protocol_runs_on_one_encoder_and_is_deterministic(motionshapes_ti
     assert set(tags) == {"protocol.retrieval", "protocol.linear", "protocol.knn", "protocol.probe"}
 
 
-def test_static_bias_gap_on_scene_biased_motionshapes(tmp_path):
-    config = dataclasses.replace(PRESETS["tiny"], scene_bias=1.0, groups=4)
-    root = generate_motionshapes(tmp_path / "biased", config, workers=2, progress=False)
-    metrics = evaluate_encoder(_encoder(), data=DataConfig(path=str(root), workers=0),
-                               config=dataclasses.replace(SMALL_EVAL, protocols=["knn"]), device=torch.device("cpu"),
-                               trained=EncoderTraining())
-    assert "eval/probe/bias_gap" in metrics and -1.0 <= metrics["eval/probe/bias_gap"] <= 1.0
+def test_bias_gap_is_the_knn_accuracy_on_scene_aligned_minus_conflicting_test_videos(tmp_path):
+    """A hand-built case: three classes, one gallery video each on its own axis; the test videos of
+    classes A and C lie on their class's axis, B's on A's (kNN gets it wrong). The alignment comes
+    from MotionShapes' metadata file by video, and the gap is reported only for data generated
+    with scene bias, and only when both groups have videos."""
+    root = write_ucf_like(tmp_path / "biased", {"A": 2, "B": 2, "C": 2})  # group 1: test split, group 2: train
+    test = open_dataset(root, subset="test", progress=False)
+    labels = torch.tensor([r.label for r in test.records])
+    assert sorted(labels.tolist()) == [0, 1, 2]
+    onehot = torch.eye(3)
+    gallery = FeatureSet(onehot, torch.arange(3), torch.arange(3), ["a", "b", "c"])
+    queries = FeatureSet(onehot[torch.where(labels == 1, 0, labels)], labels, torch.arange(3), [r.key for r in test.records])
+    knn = KNNProtocol(k=1)
+
+    def gap(scene_bias: float, aligned_classes: set[str]) -> dict[str, float]:
+        (root / "motionshapes.json").write_text(json.dumps({"config": {"scene_bias": scene_bias}}))
+        rows = [f"{c}/v_{c}_g{g:02d}_c01.avi,{c in aligned_classes}" for c in "ABC" for g in (1, 2)]
+        (root / "motionshapes_meta.csv").write_text("path,bias_aligned\n" + "\n".join(rows) + "\n")
+        return _bias_gap(gallery, queries, knn, test, DataConfig(path=str(root)))
+
+    assert gap(1.0, {"A", "B"}) == {"eval/probe/bias_gap": pytest.approx(0.5 - 1.0)}  # aligned: A right, B wrong; conflicting: C right
+    assert gap(0.5, {"C"}) == {"eval/probe/bias_gap": pytest.approx(1.0 - 0.5)}
+    assert gap(0.0, {"A", "B"}) == {}  # no scene bias: "aligned" means nothing
+    assert gap(1.0, {"A", "B", "C"}) == {} and gap(1.0, set()) == {}  # one group empty: no gap
 
 
 def test_finetune_trains_and_tests_every_video(motionshapes_tiny, tmp_path):
@@ -95,49 +115,14 @@ def test_online_knn_monitor_is_logged_during_pretraining(motionshapes_tiny, tmp_
     assert [m.step for m in history] == [1, 2]
 
 
-SUITE = """
-name = "tiny-eval"
-seeds = [0, 1]
-backbones = ["r3d_tiny"]
-methods = ["moco"]
-references = ["random init", "supervised"]
-[data]
-path = "{data}"
-workers = 0
-[pretrain]
-device = "cpu"
-epochs = 1
-batch_size = 8
-steps_per_epoch = 1
-decode_size = [32, 43]
-output_dir = "runs"
-[pretrain.method_args]
-frames = 4
-crop = 32
-[eval]
-protocols = ["retrieval", "knn", "finetune"]
-retrieval_ks = [1, 5]
-workers = 0
-[eval.features]
-clips = 2
-frames = 4
-resize = [32, 43]
-crop = 32
-[eval.finetune]
-epochs = 1
-batch_size = 8
-steps_per_epoch = 1
-milestones = []
-frames = 4
-crop = 32
-resize = [32, 43]
-test_clips = 2
-"""
-
-
+@pytest.mark.slow  # a whole suite: 2 seeds x (moco, random init, supervised), each fine-tuned
 def test_suite_table_has_every_row_and_vsbench_table_rebuilds_it(motionshapes_tiny, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "suite.toml").write_text(SUITE.format(data=motionshapes_tiny))
+    write_suite(tmp_path / "suite.toml", motionshapes_tiny, "tiny-eval", seeds=[0, 1], references=["random init", "supervised"],
+                pretrain={"batch_size": 8},
+                eval={"protocols": ["retrieval", "knn", "finetune"], "retrieval": {"ks": [1, 5]}, "features": {"clips": 2},
+                      "finetune": {"epochs": 1, "batch_size": 8, "steps_per_epoch": 1, "milestones": [], "frames": 4, "crop": 32,
+                                   "resize": [32, 43], "test_clips": 2}})
     assert main(["run", "suite.toml"]) == 0
     printed = capsys.readouterr().out
     table_lines = [ln for ln in printed.splitlines() if ln.startswith(("row", "moco", "random init", "supervised"))]

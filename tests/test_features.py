@@ -25,9 +25,10 @@ from evaluation.features import (
 )
 from evaluation.protocols import FeatureProtocol
 from core.data.datasets import VideoDataset, open_dataset
-from core.data.loader import ClipDataset, LoadRequest
+from core.data.loader import ClipDataset
+from core.data.request import LoadRequest
 from core.data.modalities import compute_flow_cache
-from core.data.sampling import ClipSpec, uniform_clips
+from core.data.sampling import uniform_clips
 from core.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from core.data.video import CorruptVideo
 from tests.helpers import free_port, truncate
@@ -105,7 +106,7 @@ def test_encoder_mode_is_restored(train):
 def test_video_feature_is_the_mean_of_its_clip_features_computed_by_hand(encoder, train, reference):
     i = 7
     rec = train.records[i]
-    item = ClipDataset(train, LoadRequest(ClipSpec(frames=4, clips=3), mode="uniform", size=(32, 43)), strict=True)[i]
+    item = ClipDataset(train, LoadRequest(frames=4, clips=3, mode="uniform", decode_size=(32, 43)), strict=True)[i]
     assert item["frame_indices"].tolist() == uniform_clips(rec.num_frames, 4, 3).tolist()
     rgb = item["rgb"]  # uint8 (3 clips, 4, 32, 43, 3)
     assert rgb.shape == (3, 4, 32, 43, 3)
@@ -283,6 +284,7 @@ def ddp(motionshapes_tiny, encoder, tmp_path_factory):
     return [torch.load(f"{out}.{r}", weights_only=False) for r in range(WORLD)]
 
 
+@pytest.mark.slow  # two spawned gloo workers
 def test_ddp_gives_the_single_process_features_with_every_video_once(ddp, encoder, train, reference):
     odd = VideoDataset(train.name, train.root, train.classes, train.records[:35], train.split, train.subset)
     single_odd = _extract(encoder, odd)

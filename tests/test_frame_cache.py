@@ -11,9 +11,9 @@ import torch
 
 from core.data.cache import FrameCache, frame_cache
 from core.data.datasets import load_ucf101
-from core.data.loader import LoadRequest, make_loader
+from core.data.loader import make_loader
+from core.data.request import LoadRequest
 from core.data.modalities import compute_flow_cache
-from core.data.sampling import ClipSpec
 from core.data.video import write_video
 from tests.helpers import frame_level, level_frames, write_ucf_like
 
@@ -88,8 +88,7 @@ def ucf_with_flow(tmp_path_factory):
 
 
 def _batches(videos, flow_root, train: bool):
-    spec = ClipSpec(frames=4, stride=2, clips=2)
-    request = LoadRequest(spec, mode="random" if train else "uniform", modalities=("rgb", "flow"), size=(16, 24), flow_root=str(flow_root))
+    request = LoadRequest(frames=4, stride=2, clips=2, mode="random" if train else "uniform", modalities=("rgb", "flow"), decode_size=(16, 24), flow_root=str(flow_root))
     return list(make_loader(videos, request, batch_size=2, train=train, workers=0, seed=1))
 
 

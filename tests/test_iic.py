@@ -54,7 +54,7 @@ def test_builds_through_the_registry_with_paper_defaults():
     assert m.k == 63  # capped at N - 1
     assert effective_k(1024, 9537) == 1024
     r = IIC.recipe
-    assert (r.optimizer, r.lr, r.momentum, r.weight_decay, r.batch_size) == ("sgd", 0.01, 0.9, 1e-4, 16)
+    assert (r.optimizer, r.lr, r.sgd_momentum, r.weight_decay, r.batch_size) == ("sgd", 0.01, 0.9, 1e-4, 16)
     assert (r.milestones, r.gamma, r.epochs) == ((45, 90, 125, 160), 0.2, 240)
     for bank in (m.bank_rgb, m.bank_view2, m.bank_neg):
         assert bank.bank.shape == (64, 128)
@@ -279,6 +279,7 @@ def _worker(rank: int, port: int, out: str) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_ddp_two_process_step_keeps_banks_identical(tmp_path):
     path = str(tmp_path / "ddp.pt")
     mp.spawn(_worker, args=(free_port(), path), nprocs=WORLD, join=True)

@@ -8,13 +8,13 @@ import pytest
 import torch
 
 from core.data.datasets import load_ucf101
-from core.data.loader import ClipDataset, EpochSampler, LoadRequest, make_loader
-from core.data.sampling import ClipSpec
+from core.data.loader import ClipDataset, EpochSampler, make_loader
+from core.data.request import LoadRequest
 from core.data.video import CorruptVideo
 from tests.helpers import frame_level, truncate, write_ucf_like
 
-TRAIN = LoadRequest(ClipSpec(frames=4, stride=2, clips=2), mode="random", size=(16, 32))
-EVAL = LoadRequest(ClipSpec(frames=4, clips=3), mode="uniform")
+TRAIN = LoadRequest(frames=4, stride=2, clips=2, mode="random", decode_size=(16, 32))
+EVAL = LoadRequest(frames=4, clips=3, mode="uniform")
 
 
 @pytest.fixture

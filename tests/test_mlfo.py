@@ -392,6 +392,7 @@ def _worker(rank: int, port: int, out: str) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_ddp_two_process_step_equals_one_process_on_the_global_batch(tmp_path):
     path = str(tmp_path / "ddp.pt")
     mp.spawn(_worker, args=(free_port(), path), nprocs=WORLD, join=True)

@@ -60,7 +60,7 @@ def test_builds_through_the_registry_with_the_r3d18_config_defaults():
     assert (c.momentum_base, c.queue_decay, c.frames, c.stride, c.crop) == (0.994, 0.99999, 8, 16, 112)
     assert c.lmcl and c.flow_rotation and c.mds and c.cross_modal and c.layout == "intended"
     r = MSCL.recipe
-    assert (r.optimizer, r.lr, r.momentum, r.weight_decay, r.schedule, r.batch_size, r.epochs) == ("sgd", 0.02, 0.9, 1e-4, "cosine", 128, 400)
+    assert (r.optimizer, r.lr, r.sgd_momentum, r.weight_decay, r.schedule, r.batch_size, r.epochs) == ("sgd", 0.02, 0.9, 1e-4, "cosine", 128, 400)
     assert r.clip_grad == 40
     assert capped_queue_size(65536, 219136, 1) == 65536 and capped_queue_size(65536, 9537, 1) == 8192
     m = _mscl()
@@ -288,13 +288,13 @@ def test_momentum_is_cosine_annealed_from_0994_to_1():
             p.add_(1.0)
     key0 = next(m.key_backbone.parameters()).clone()
     query = next(m.backbone.parameters()).clone()
-    m.after_optimizer_step(_state(step=0, steps=10))
+    m.update_momentum(_state(step=0, steps=10))
     torch.testing.assert_close(next(m.key_backbone.parameters()), 0.994 * key0 + 0.006 * query)
     fkey0 = next(m.key_flow_backbone.parameters()).clone()
-    m.after_optimizer_step(_state(step=10, steps=10))  # the end of training: m = 1, keys frozen
+    m.update_momentum(_state(step=10, steps=10))  # the end of training: m = 1, keys frozen
     torch.testing.assert_close(next(m.key_flow_backbone.parameters()), fkey0)
     key1 = next(m.key_backbone.parameters()).clone()
-    m.after_optimizer_step(_state(step=5, steps=10))  # halfway: m = 0.997
+    m.update_momentum(_state(step=5, steps=10))  # halfway: m = 0.997
     torch.testing.assert_close(next(m.key_backbone.parameters()), 0.997 * key1 + 0.003 * query)
 
 
@@ -305,9 +305,9 @@ def test_shipped_flow_momentum_updates_twice_at_double_schedule_speed():
             p.add_(1.0)
     fquery = next(m.flow_backbone.parameters()).clone()
     fkey0 = next(m.key_flow_backbone.parameters()).clone()
-    m.after_optimizer_step(_state(step=5, steps=10))  # flow counter at 10/10 and 11/10: frozen already
+    m.update_momentum(_state(step=5, steps=10))  # flow counter at 10/10 and 11/10: frozen already
     torch.testing.assert_close(next(m.key_flow_backbone.parameters()), fkey0)
-    m.after_optimizer_step(_state(step=0, steps=10))  # two updates, m(0) = 0.994 and m(0.1)
+    m.update_momentum(_state(step=0, steps=10))  # two updates, m(0) = 0.994 and m(0.1)
     m1 = 1 - 0.003 * (math.cos(math.pi * 0.1) + 1)
     want = m1 * (0.994 * fkey0 + 0.006 * fquery) + (1 - m1) * fquery
     torch.testing.assert_close(next(m.key_flow_backbone.parameters()), want)
@@ -357,7 +357,7 @@ def _train(lr: float, steps: int = 24) -> list[float]:
         optimizer.zero_grad()
         out.loss.backward()
         optimizer.step()
-        m.after_optimizer_step(_state(step + 1, steps))
+        m.update_momentum(_state(step + 1, steps))
         losses.append(float(out.loss.detach()))
     return losses
 
@@ -386,7 +386,7 @@ def _worker(rank: int, port: int, out: str) -> None:
         torch.manual_seed(100 + rank)
         step = ddp(local, TrainState(world_size=WORLD, rank=rank, epochs=1, steps_per_epoch=10))
         step.loss.backward()
-        method.after_optimizer_step(TrainState(step=1, world_size=WORLD, rank=rank, epochs=1, steps_per_epoch=10))
+        method.update_momentum(TrainState(step=1, world_size=WORLD, rank=rank, epochs=1, steps_per_epoch=10))
         state = torch.cat([method.rgb_queue["queue"].flatten(), method.flow_queue["queue"].flatten(),
                            next(method.key_flow_backbone.parameters()).flatten(), next(method.backbone.parameters()).grad.flatten()])
         gathered = [torch.empty_like(state) for _ in range(WORLD)]
@@ -398,6 +398,7 @@ def _worker(rank: int, port: int, out: str) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_ddp_two_process_step_keeps_queues_and_key_encoders_identical(tmp_path):
     path = str(tmp_path / "ddp.pt")
     mp.spawn(_worker, args=(free_port(), path), nprocs=WORLD, join=True)

@@ -10,37 +10,13 @@ from harness.cli import main
 from core.config import ConfigError, PretrainConfig, resolve_recipe
 from harness.suite import expand, load_suite, paper_changes
 from methods.base import get_method, list_methods
+from tests.helpers import write_suite
 
-SUITE = """
-name = "paper"
-seeds = [0]
-backbones = ["paper", "r3d_tiny"]
-methods = ["iic", "moco"]
-references = ["random init"]
-[data]
-path = "{data}"
-workers = 0
-[pretrain]
-device = "cpu"
-epochs = 1
-batch_size = 4
-steps_per_epoch = 1
-decode_size = [32, 43]
-output_dir = "runs"
-[pretrain.method_args]
-frames = 4
-crop = 32
-[overrides.iic]
-method_args = {{ nce_k = 8 }}
-[eval]
-protocols = ["knn"]
-workers = 0
-[eval.features]
-clips = 1
-frames = 4
-resize = [32, 43]
-crop = 32
-"""
+
+def _paper_suite(path, data, methods=("iic", "moco")):
+    """Paper rows and r3d_tiny rows of ``methods`` and the random-init reference; IIC's memory cut to 8 negatives."""
+    return write_suite(path, data, "paper", backbones=["paper", "r3d_tiny"], methods=list(methods), references=["random init"],
+                       overrides={"iic": {"method_args": {"nce_k": 8}}})
 
 
 def test_the_linear_rule_scales_the_papers_lr_with_the_batch():
@@ -53,8 +29,7 @@ def test_the_linear_rule_scales_the_papers_lr_with_the_batch():
 
 
 def test_paper_rows_take_each_methods_backbone_and_init_and_list_what_the_suite_changed(motionshapes_tiny, tmp_path):
-    (tmp_path / "s.toml").write_text(SUITE.format(data=motionshapes_tiny))
-    runs = expand(load_suite(tmp_path / "s.toml"), list_methods())
+    runs = expand(load_suite(_paper_suite(tmp_path / "s.toml", motionshapes_tiny)), list_methods())
     paper = {r.row: r for r in runs if r.setup == "paper"}
     assert {r: p.config.backbone for r, p in paper.items()} == {"iic": "r3d_vcop", "moco": "r3d_18"}
     assert {r.config.backbone for r in runs if r.setup == "controlled"} == {"r3d_tiny"}
@@ -64,9 +39,10 @@ def test_paper_rows_take_each_methods_backbone_and_init_and_list_what_the_suite_
     assert paper_changes(PretrainConfig(method="iic", backbone="r3d_vcop", init="kaiming_fan_out")) == ("init",)
 
 
+@pytest.mark.slow  # a whole suite: IIC on r3d_vcop and r3d_tiny, random init on both
 def test_a_paper_suite_runs_and_labels_its_rows(motionshapes_tiny, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "s.toml").write_text(SUITE.format(data=motionshapes_tiny).replace('methods = ["iic", "moco"]', 'methods = ["iic"]'))
+    _paper_suite(tmp_path / "s.toml", motionshapes_tiny, methods=["iic"])
     assert main(["run", "s.toml"]) == 0
     printed = capsys.readouterr().out
     assert "iic (paper setup)" in printed

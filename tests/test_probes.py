@@ -22,8 +22,8 @@ from evaluation.probes import (
 )
 from evaluation.protocols import FeatureProtocol
 from core.data.datasets import DatasetError, open_dataset
-from core.data.loader import ClipDataset, LoadRequest
-from core.data.sampling import ClipSpec
+from core.data.loader import ClipDataset
+from core.data.request import LoadRequest
 from core.data.transforms import normalize
 
 P = FeatureProtocol(clips=3, frames=4, stride=1, resize=(32, 43), crop=32, modality="rgb", normalize_input=True, value_range=(0.0, 1.0))
@@ -129,7 +129,7 @@ def test_probe_clips_are_the_first_evaluation_clip_of_each_video(test_set):
     clips = probe_clips(test_set, P, max_videos=5)
     assert clips.shape == (5, 3, 4, 32, 32) and clips.dtype == torch.float32
     assert torch.equal(clips, probe_clips(test_set, P, max_videos=5))
-    ds = ClipDataset(test_set, LoadRequest(ClipSpec(frames=4, clips=3), mode="uniform", size=(32, 43)), strict=True)
+    ds = ClipDataset(test_set, LoadRequest(frames=4, clips=3, mode="uniform", decode_size=(32, 43)), strict=True)
     expected = normalize(crop_clips(ds[3]["rgb"][:1].unsqueeze(0), 32))
     torch.testing.assert_close(clips[3:4], expected)
     assert probe_clips(test_set, P, max_videos=100).shape[0] == 12

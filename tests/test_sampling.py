@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from core.data.sampling import ClipSpec, random_clips, uniform_clips
+from core.data.sampling import random_clips, uniform_clips
+from core.data.request import ClipSpec
 
 
 def test_uniform_clips_match_the_vcop_iic_formula_by_hand():
@@ -140,7 +141,7 @@ def test_with_static_samplers_need_their_window_and_name_the_window_choices():
 
 def test_sampler_registry_names_valid_choices_and_checks_the_clip_count(motionshapes_tiny):
     from core.data.datasets import open_dataset
-    from core.data.loader import LoadRequest
+    from core.data.request import LoadRequest
     from core.data.sampling import build_sampler, list_samplers
 
     videos = open_dataset(motionshapes_tiny, split=1, subset="train")
@@ -155,10 +156,11 @@ def test_sampler_registry_names_valid_choices_and_checks_the_clip_count(motionsh
 
 def test_loader_uses_the_named_sampler(motionshapes_tiny):
     from core.data.datasets import open_dataset
-    from core.data.loader import ClipDataset, LoadRequest
+    from core.data.loader import ClipDataset
+    from core.data.request import LoadRequest
 
     videos = open_dataset(motionshapes_tiny, split=1, subset="train")
-    request = LoadRequest(ClipSpec(frames=4, stride=2, clips=4), sampler="with_static", size=(32, 43))
+    request = LoadRequest(frames=4, stride=2, clips=4, sampler="with_static", decode_size=(32, 43))
     item = ClipDataset(videos, request, seed=3)[(0, 0)]
     idx = item["frame_indices"].numpy()
     assert item["rgb"].shape == (4, 4, 32, 43, 3)

@@ -22,8 +22,10 @@ path = "{data}"
 epochs = 1
 [eval]
 protocols = ["knn", "retrieval"]
-knn_k = 4
-retrieval_ks = [1, 4]
+[eval.knn]
+k = 4
+[eval.retrieval]
+ks = [1, 4]
 """
 
 
@@ -76,8 +78,8 @@ def test_unknown_backbone_is_refused(tmp_path, data):
 
 
 @pytest.mark.parametrize("old, new, message", [
-    ("knn_k = 4", "knn_k = 5", r"eval.knn_k = 5: knn ranks the 4 videos of the train split 1 of .*ucf \(the gallery\); valid: every k at most 4"),
-    ("retrieval_ks = [1, 4]", "retrieval_ks = [1, 5]", r"eval.retrieval_ks = \[1, 5\]: retrieval ranks the 4 videos .*at most 4"),
+    ("k = 4", "k = 5", r"eval.knn.k = 5: knn ranks the 4 videos of the train split 1 of .*ucf \(the gallery\); valid: every k at most 4"),
+    ("ks = [1, 4]", "ks = [1, 5]", r"eval.retrieval.ks = \[1, 5\]: retrieval ranks the 4 videos .*at most 4"),
 ])
 def test_a_k_larger_than_the_gallery_is_refused(tmp_path, data, old, new, message):
     path = tmp_path / "suite.toml"
@@ -88,7 +90,7 @@ def test_a_k_larger_than_the_gallery_is_refused(tmp_path, data, old, new, messag
 
 def test_settings_of_protocols_the_suite_does_not_run_are_not_checked(tmp_path, data):
     path = tmp_path / "suite.toml"
-    text = BASE.format(data=data).replace('protocols = ["knn", "retrieval"]', 'protocols = ["linear"]').replace("knn_k = 4", "knn_k = 50")
+    text = BASE.format(data=data).replace('protocols = ["knn", "retrieval"]', 'protocols = ["linear"]').replace("k = 4", "k = 50")
     path.write_text(text + "[eval.finetune]\nsplit = 3\n")  # nothing fine-tunes: its split is not used
     assert [r.row for r in expand(load_suite(path), list_methods())] == ["moco"]
 

@@ -15,8 +15,9 @@ from mlflow.tracking import MlflowClient
 from core.io import pid_alive, write_bytes_atomic
 from harness.train import (CHECKPOINT, ENCODER, NonFiniteWeights, NothingTrained, Pretraining, load_checkpoint, pretrain,
                            save_checkpoint)
-from methods.base import DataSpec, Method, Recipe, StepOutput, TrainState, register_method
-from tests.test_train import _config
+from methods.base import DataSpec, Method, Recipe, StepOutput, TrainState
+from tests.helpers import registered_method
+from tests.test_train import _config, _SkipFirstSteps
 
 
 def _runs(cfg):
@@ -44,8 +45,9 @@ def test_a_run_whose_videos_are_all_skipped_fails_naming_the_run_and_the_reasons
 def test_a_run_whose_every_step_skips_the_optimizer_fails(motionshapes_tiny, tmp_path):
     cfg = _config(motionshapes_tiny, tmp_path, method="skip_test", method_args={"skip_until": 100}, epochs=1, batch_size=4,
                   steps_per_epoch=2)
-    with pytest.raises(NothingTrained, match=r"skip_test-r3d_tiny-s0-\w+: all 2 steps skipped the optimizer .*0 of \d+ videos"):
-        pretrain(cfg)
+    with registered_method("skip_test", _SkipFirstSteps):
+        with pytest.raises(NothingTrained, match=r"skip_test-r3d_tiny-s0-\w+: all 2 steps skipped the optimizer .*0 of \d+ videos"):
+            pretrain(cfg)
     assert not list((tmp_path / "runs").glob(f"*/{CHECKPOINT}"))  # no "finished" checkpoint a re-run would trust
 
 
@@ -59,7 +61,6 @@ class _DivergeConfig:
     diverge_at: int = 3
 
 
-@register_method("diverge_test")
 class _DivergeAtStep(Method):
     """A test method whose loss stays finite while its gradient is Inf at one step
     (d sqrt(x)/dx at x = 0): the optimizer step then makes weights Inf after the loss check."""
@@ -78,7 +79,13 @@ class _DivergeAtStep(Method):
         return StepOutput(loss)
 
 
-def test_a_divergence_on_an_epochs_last_step_keeps_the_earlier_good_checkpoint(motionshapes_tiny, tmp_path):
+@pytest.fixture
+def diverge_test():
+    with registered_method("diverge_test", _DivergeAtStep):
+        yield "diverge_test"
+
+
+def test_a_divergence_on_an_epochs_last_step_keeps_the_earlier_good_checkpoint(motionshapes_tiny, tmp_path, diverge_test):
     # 2 steps per epoch: step index 3 is the last step of epoch 1, right before its checkpoint
     cfg = _config(motionshapes_tiny, tmp_path, method="diverge_test", method_args={"diverge_at": 3}, epochs=3, batch_size=4,
                   steps_per_epoch=2)
@@ -93,7 +100,7 @@ def test_a_divergence_on_an_epochs_last_step_keeps_the_earlier_good_checkpoint(m
     assert [r.info.status for r in _runs(cfg)] == ["FAILED"]
 
 
-def test_a_checkpoint_is_called_good_only_when_it_is(motionshapes_tiny, tmp_path):
+def test_a_checkpoint_is_called_good_only_when_it_is(motionshapes_tiny, tmp_path, diverge_test):
     cfg = _config(motionshapes_tiny, tmp_path, method="diverge_test", method_args={"diverge_at": 100}, run_name="guarded")
     run = Pretraining(cfg)
     run.save()

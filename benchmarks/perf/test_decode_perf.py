@@ -68,13 +68,13 @@ def test_loader_clips_per_second_with_the_frame_cache(benchmark, video_sets, cac
     read directly or from a warm frame cache (core.data.cache)."""
     from core.data.cache import frame_cache
     from core.data.datasets import load_csv
-    from core.data.loader import LoadRequest, make_loader
-    from core.data.sampling import ClipSpec
+    from core.data.loader import make_loader
+    from core.data.request import LoadRequest
 
     listing = tmp_path / "videos.csv"
     listing.write_text("".join(f"{p},0\n" for p in video_sets["motionshapes_128x171"]))
     videos = load_csv(listing, progress=False)
-    request = LoadRequest(ClipSpec(frames=8, stride=2), size=(32, 32))
+    request = LoadRequest(frames=8, stride=2, decode_size=(32, 32))
     frame_cache.clear()
     frame_cache.max_bytes = 10**9 if cached else 0
     loader = make_loader(videos, request, batch_size=1, train=True, workers=0)

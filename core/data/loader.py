@@ -24,7 +24,6 @@ import logging
 import math
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,53 +32,29 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from core.data.cache import frame_cache
 from core.data.datasets import VideoDataset
-from core.data.sampling import ClipSpec, build_sampler, clip_span, frames_needed, uniform_clips
+from core.data.request import LoadRequest, clip_span
+from core.data.sampling import build_sampler, frames_needed, uniform_clips
 from core.data.video import CorruptVideo, read_frames
 
 log = logging.getLogger(__name__)
-MODALITIES = ("rgb", "flow")
-MODES = ("random", "uniform")
-
-
-@dataclass(frozen=True)
-class LoadRequest:
-    """What to load per video: clips (frames, stride, count), modalities and decode size."""
-
-    spec: ClipSpec = ClipSpec()
-    mode: str = "random"  # "random" for training, "uniform" (evenly spaced, deterministic) for evaluation
-    modalities: tuple[str, ...] = ("rgb",)
-    size: tuple[int, int] | None = None  # (H, W) to resize to while decoding; None keeps the file's size
-    flow_root: str | None = None  # flow cache of `vsbench data flow`, needed for "flow"
-    backend: str = "decord"
-    sampler: str | None = None  # named training sampler (core.data.sampling registry); None = "random"
-
-    def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
-        unknown = set(self.modalities) - set(MODALITIES)
-        if unknown or not self.modalities:
-            raise ValueError(f"modalities must be a non-empty subset of {MODALITIES}, got {self.modalities!r}")
-        if "flow" in self.modalities and not self.flow_root:
-            raise ValueError("the 'flow' modality needs flow_root (compute it with `vsbench data flow`)")
-        if self.sampler is not None and self.mode != "random":
-            raise ValueError(f"a named sampler ({self.sampler!r}) is for training (mode 'random'), not mode {self.mode!r}")
 
 
 class ClipDataset(Dataset):
     """Torch dataset over a :class:`VideoDataset`; items are ``index`` or ``(index, epoch)``."""
 
     def __init__(self, videos: VideoDataset, request: LoadRequest, *, seed: int = 0, strict: bool = False):
+        if "flow" in request.modalities and not request.flow_root:
+            raise ValueError("the 'flow' modality needs flow_root (compute it with `vsbench data flow`)")
         self.videos = videos
         self.request = request
         self.seed = seed
         self.strict = strict
         # built now so that an unknown name or missing sampler data fails before any worker starts
         self._sampler = build_sampler(request.sampler, videos, request) if request.mode == "random" else None
-        spec = request.spec  # a video with fewer frames than `needed` would have to be looped
-        if request.mode == "uniform":
-            self.needed = clip_span(spec.frames, _fixed(spec.stride))
+        if request.mode == "uniform":  # a video with fewer frames than `needed` would have to be looped
+            self.needed = clip_span(request.frames, _fixed(request.stride))
         else:
-            self.needed = frames_needed(request.sampler, spec)
+            self.needed = frames_needed(request.sampler, request)
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_sampler": None}  # samplers may be closures: rebuilt in the worker
@@ -90,14 +65,14 @@ class ClipDataset(Dataset):
     def frame_indices(self, index: int, epoch: int) -> np.ndarray:
         """(clips, frames) indices for video ``index`` in ``epoch``; ``CorruptVideo`` for a video
         with fewer frames than :attr:`needed`, which would have to be looped."""
-        rec, spec = self.videos[index], self.request.spec
+        rec, request = self.videos[index], self.request
         if rec.num_frames < self.needed:
             raise CorruptVideo(rec.path, f"too short: {rec.num_frames} frames < {self.needed} needed")
-        if self.request.mode == "uniform":
-            return uniform_clips(rec.num_frames, spec.frames, spec.clips, _fixed(spec.stride), spec.short)
+        if request.mode == "uniform":
+            return uniform_clips(rec.num_frames, request.frames, request.clips, _fixed(request.stride), request.short)
         if self._sampler is None:
-            self._sampler = build_sampler(self.request.sampler, self.videos, self.request)
-        return self._sampler(index, rec.num_frames, spec, np.random.default_rng([self.seed, epoch, index]))
+            self._sampler = build_sampler(request.sampler, self.videos, request)
+        return self._sampler(index, rec.num_frames, request, np.random.default_rng([self.seed, epoch, index]))
 
     def __getitem__(self, item: int | tuple[int, int]) -> dict:
         index, epoch = item if isinstance(item, tuple) else (item, 0)
@@ -126,7 +101,7 @@ class ClipDataset(Dataset):
         """(read frames at indices, read the whole video, cache key) of one modality of a video.
         The key holds the file's (or flow folder's) modification time, so rewritten data is
         decoded again."""
-        size, backend = self.request.size, self.request.backend
+        size, backend = self.request.decode_size, self.request.backend
         if modality == "rgb":
             def read(i: np.ndarray) -> np.ndarray:
                 return read_frames(rec.path, i, backend=backend, size=size, num_frames=rec.num_frames)

@@ -72,7 +72,8 @@ from core.data.modalities import (
     normalize_flow_per_frame,
     read_flow,
 )
-from core.data.sampling import ClipSpec, random_clips, register_sampler, stride_range
+from core.data.sampling import random_clips, register_sampler
+from core.data.request import ClipSpec, stride_range
 from core.data.video import CorruptVideo
 from core.io import write_json_atomic
 

@@ -32,51 +32,15 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from core.config import UnknownNameError
+from core.data.request import ClipSpec, LoadRequest, Stride, clip_span, stride_range
 
 if TYPE_CHECKING:
     from core.data.datasets import VideoDataset
-    from core.data.loader import LoadRequest
-
-SHORT_POLICIES = ("loop", "clamp")
-Stride = float | tuple[float, float]
-
-
-@dataclass(frozen=True)
-class ClipSpec:
-    """How to cut clips out of one video."""
-
-    frames: int = 16
-    stride: Stride = 1  # a fixed stride, or a (min, max) range drawn uniformly per clip
-    clips: int = 1
-    short: str = "loop"  # indices past the end: "loop" or "clamp" (the loader refuses videos shorter than the window)
-
-    def __post_init__(self) -> None:
-        if self.frames < 1 or self.clips < 1:
-            raise ValueError(f"frames and clips must be >= 1, got frames={self.frames}, clips={self.clips}")
-        lo, hi = stride_range(self.stride)
-        if not 0 < lo <= hi:
-            raise ValueError(f"stride must be > 0 (and min <= max for a range), got {self.stride!r}")
-        if self.short not in SHORT_POLICIES:
-            raise ValueError(f"short must be one of {SHORT_POLICIES}, got {self.short!r}")
-
-
-def stride_range(stride: Stride) -> tuple[float, float]:
-    """(min, max) of a fixed stride or a stride range."""
-    if isinstance(stride, (tuple, list)):
-        return float(stride[0]), float(stride[1])
-    return float(stride), float(stride)
-
-
-def clip_span(frames: int, stride: float) -> int:
-    """Number of source frames a clip of ``frames`` frames at ``stride`` covers."""
-    return int(round((frames - 1) * stride)) + 1
-
 
 def _offsets(frames: int, stride: float) -> np.ndarray:
     return np.round(np.arange(frames) * stride).astype(np.int64)

@@ -32,8 +32,8 @@ import torch.nn.functional as F
 
 from core.uncertainty import bootstrap_interval
 from core.data.datasets import VideoDataset, open_dataset
-from core.data.loader import LoadRequest, make_loader
-from core.data.sampling import ClipSpec
+from core.data.loader import make_loader
+from core.data.request import LoadRequest
 
 
 @dataclass(frozen=True)
@@ -118,7 +118,7 @@ class SmallConvNet(nn.Module):
 def load_clips(videos: VideoDataset, config: ShortcutConfig, workers: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
     """Every video's ``clips`` uniform clips, in the data set's order: float (N, clips, T, 3, H, W)
     in [0, 1], labels (N,)."""
-    request = LoadRequest(ClipSpec(config.frames, config.stride, config.clips), mode="uniform", size=config.size)
+    request = LoadRequest(frames=config.frames, stride=config.stride, clips=config.clips, mode="uniform", decode_size=config.size)
     loader = make_loader(videos, request, config.batch_size, train=False, workers=workers)
     clips, labels, order = [], [], []
     for batch in loader:
