@@ -24,14 +24,12 @@ import tempfile
 from pathlib import Path
 
 from core.io import file_lock
-from core.tracking import FALLBACK_DB, FALLBACK_TAG, REMOTE_RUN_TAG, _client, _experiment_id, _probe
+from core.tracking import FALLBACK_DB, FALLBACK_TAG, PARENT_TAG, REMOTE_RUN_TAG, _client, _experiment_id, _probe
 
 log = logging.getLogger(__name__)
 SYNCED_TAG = "vsbench.synced_to"
-PARENT_TAG = "mlflow.parentRunId"
 _NOT_COPIED = (FALLBACK_TAG, REMOTE_RUN_TAG, SYNCED_TAG, PARENT_TAG)
 SYNC_LOCK_TIMEOUT_S = 600.0
-_BATCH = 900  # metric points per log_batch call (MLflow accepts 1000)
 
 
 def pending_runs(fallback, server_uri: str) -> list:
@@ -100,9 +98,7 @@ def _copy_run(fallback, server, run, parents: dict[str, str]) -> str:
         have = {m.step for m in server.get_metric_history(target, key)} if key in held.metrics else set()
         metrics += [Metric(m.key, m.value, m.timestamp, m.step) for m in fallback.get_metric_history(run.info.run_id, key)
                     if m.step not in have]
-    server.log_batch(target, params=params, tags=[RunTag(k, v) for k, v in tags.items()])
-    for i in range(0, len(metrics), _BATCH):
-        server.log_batch(target, metrics=metrics[i : i + _BATCH])
+    server.log_batch(target, metrics=metrics, params=params, tags=[RunTag(k, v) for k, v in tags.items()], synchronous=True)
     with tempfile.TemporaryDirectory() as tmp:
         if fallback.list_artifacts(run.info.run_id):
             server.log_artifacts(target, fallback.download_artifacts(run.info.run_id, "", tmp))

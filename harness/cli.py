@@ -158,6 +158,11 @@ def _cmd_flow(args) -> int:
     summary = compute_flow_cache(pairs, out, algorithm=args.algorithm, bound=args.bound, short_side=args.short_side, workers=args.workers)
     failed = summary["failed"]
     print(f"flow cache at {out}: {len(summary['computed'])} videos computed, {len(summary['skipped_existing'])} already present, {len(failed)} failed")
+    return _failures(failed)
+
+
+def _failures(failed: dict[str, str]) -> int:
+    """Print each video a data command could not process, with its reason; the exit code (1 if any)."""
     for key, reason in failed.items():
         print(f"  failed: {key}: {reason}")
     return 1 if failed else 0
@@ -197,9 +202,7 @@ def _cmd_mds(args) -> int:
     kept = sum(len(v["chosen"]) for v in result["videos"].values())
     total = sum(v["num_frames"] for v in result["videos"].values())
     print(f"{root / MDS_NAME}: {len(result['videos'])} videos scored, {kept} of {total} clip starts kept, {len(failed)} failed")
-    for key, reason in failed.items():
-        print(f"  failed: {key}: {reason}")
-    return 1 if failed else 0
+    return _failures(failed)
 
 
 def _add_pretrain(commands) -> None:

@@ -18,7 +18,8 @@ from mlflow.tracking import MlflowClient
 from core import tracking
 from core.io import RUN_LOCK, LockTimeout, RunFolderLocked, pid_alive, run_folder_lock
 from harness.train import CHECKPOINT, Pretraining, pretrain
-from methods.base import DataSpec, Method, Recipe, StepOutput, TrainState, register_method
+from methods.base import DataSpec, Method, Recipe, StepOutput, TrainState
+from tests.helpers import registered_method
 from tests.test_train import _config
 
 HOST = socket.gethostname()
@@ -89,7 +90,6 @@ class _RaiseConfig:
     error: str = "RuntimeError"
 
 
-@register_method("raise_test")
 class _RaiseAtFirstStep(Method):
     """A test method whose first step raises ``error`` (an exception, or a Ctrl-C)."""
 
@@ -105,6 +105,11 @@ class _RaiseAtFirstStep(Method):
 
 @pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
 def test_the_run_folder_lock_is_released_when_training_stops(motionshapes_tiny, tmp_path, error):
+    with registered_method("raise_test", _RaiseAtFirstStep):
+        _stop_training(motionshapes_tiny, tmp_path, error)
+
+
+def _stop_training(motionshapes_tiny, tmp_path, error) -> None:
     cfg = _config(motionshapes_tiny, tmp_path, method="raise_test", method_args={"error": error.__name__}, run_name="stopped",
                   steps_per_epoch=1)
     with pytest.raises(error, match="stopped by the test"):

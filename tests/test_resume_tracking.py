@@ -26,6 +26,7 @@ def _steps(client, run, key="train/loss") -> list[int]:
     return sorted(m.step for m in client.get_metric_history(run.info.run_id, key))
 
 
+@pytest.mark.slow
 def test_a_killed_and_resumed_run_is_one_finished_mlflow_run(motionshapes_tiny, tmp_path):
     out, db = tmp_path / "runs", tmp_path / "mlflow.db"
     args = [*_RUN[3:], "--epochs", "2", "--data", str(motionshapes_tiny), "--output-dir", str(out), "--tracking-uri", f"sqlite:///{db}"]

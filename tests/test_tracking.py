@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -117,6 +118,7 @@ def test_sqlite_store_round_trip(_isolated):
     for key in RUNTIME_TAGS:
         assert tags[key], key
     assert tags["vsbench.version"] == core.__version__
+    assert tags["mlflow.user"] and tags["mlflow.source.type"] == "LOCAL"  # MLflow's run-context tags
     assert tags["dataset_fingerprint"] == "fp123" and tags["config_hash"] == "c0ffee" and tags["protocol.retrieval"] == "r1"
     assert run.info.run_name == "moco-r3d-s0"
     # tagged as model training: MLflow 3's UI opens the runs table, not its GenAI view
@@ -189,6 +191,23 @@ def test_exception_marks_the_run_failed(_isolated):
     [nan] = client.get_metric_history(t.run_id, "loss")
     assert nan.value != nan.value  # NaN is logged as is
     assert client.get_run(k.run_id).info.status == "KILLED"
+
+
+_LEFT_OPEN = """
+import sys
+from core.tracking import Tracker
+t = Tracker("exit", "left-open", tracking_uri=sys.argv[1], flush_every=3)
+for step in range(10):
+    t.log_metrics({"m": float(step)}, step=step)
+"""
+
+
+def test_a_tracker_left_open_at_exit_keeps_every_value_and_ends_killed(_isolated):
+    subprocess.run([sys.executable, "-c", _LEFT_OPEN, f"sqlite:///{_isolated / 'mlflow.db'}"], check=True, timeout=300)
+    client = _client(_isolated)
+    run = _only_run(client, "exit")
+    assert run.info.status == "KILLED"
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "m")) == list(range(10))  # the batch in flight too
 
 
 def test_disabled_tracker_creates_nothing(_isolated, monkeypatch):
@@ -301,6 +320,7 @@ def mlflow_server(tmp_path_factory):
         _signal_group(server.proc, signal.SIGKILL)  # any worker left in the group
 
 
+@pytest.mark.slow
 def test_server_run_is_readable_from_the_server(_isolated, mlflow_server, caplog):
     caplog.set_level(logging.WARNING, logger="core.tracking")
     server = mlflow_server()
@@ -323,6 +343,33 @@ def test_server_run_is_readable_from_the_server(_isolated, mlflow_server, caplog
     assert [a.path for a in client.list_artifacts(t.run_id, "eval")] == ["eval/summary.json"]
     assert find_finished_runs("suite-srv", "config_hash", "abc", tracking_uri=server.uri) == [t.run_id]
     assert list(runs_frame("suite-srv", tracking_uri=server.uri, parent_run_id=parent.run_id)["run_id"]) == [t.run_id]
+
+
+@pytest.mark.slow
+def test_only_the_main_thread_gives_the_server_a_short_http_budget(_isolated, mlflow_server, monkeypatch):
+    for name in tracking.HTTP_BUDGET:  # unset for this test, and unset again after it
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
+    server = mlflow_server()
+    runs = []
+
+    def track():
+        with Tracker("suite-env", "in-a-thread", tracking_uri=server.uri) as t:
+            t.log_metrics({"m": 1.0}, step=0)
+        runs.append(t)
+
+    thread = threading.Thread(target=track)
+    thread.start()
+    thread.join()
+    assert runs[0].status == "FINISHED" and not runs[0].fell_back
+    assert not any(name in os.environ for name in tracking.HTTP_BUDGET)  # a background thread leaves the environment alone
+    with Tracker("suite-env", "main", tracking_uri=server.uri):
+        pass
+    assert {name: os.environ[name] for name in tracking.HTTP_BUDGET} == tracking.HTTP_BUDGET
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")  # what the user set is kept
+    with Tracker("suite-env", "main", tracking_uri=server.uri):
+        pass
+    assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "30"
 
 
 def test_unreachable_server_falls_back_to_the_local_store(_isolated, caplog):
@@ -349,6 +396,7 @@ def test_unreachable_server_falls_back_to_the_local_store(_isolated, caplog):
     assert (_isolated / tracking.FALLBACK_ARTIFACT_DIR / t.run_id / "artifacts" / "summary.json").exists()
 
 
+@pytest.mark.slow
 def test_server_dying_mid_run_loses_nothing(_isolated, mlflow_server, caplog):
     caplog.set_level(logging.WARNING, logger="core.tracking")
     server = mlflow_server()
@@ -397,6 +445,7 @@ def test_server_dying_mid_run_loses_nothing(_isolated, mlflow_server, caplog):
     assert client.get_run(parent.run_id).info.status == "FINISHED"
 
 
+@pytest.mark.slow
 def test_runs_that_fell_back_are_put_back_on_the_server_once_it_answers(_isolated, mlflow_server, capsys):
     from harness.cli import main
 
