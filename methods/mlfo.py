@@ -118,7 +118,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from core.data.transforms import AugmentConfig
+from core.data.transforms import GREY_MODES, AugmentConfig
 from core.distributed import all_gather, all_gather_with_grad, convert_sync_batchnorm, rank
 from methods.base import DataSpec, Method, Recipe, StepOutput, TrainState, decode_size_for_crop, register_method
 from methods.losses import capped_queue_size, fp32_einsum, fp32_matmul, sinkhorn_knopp
@@ -144,7 +144,6 @@ __all__ = [
 
 _T = 2  # time axis of (N, C, T, H, W)
 GATHER_MODES = ("local", "full")
-GREY_MODES = ("channel", "luma")
 LEVELS = ("high", "mid", "low")
 
 
