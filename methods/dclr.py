@@ -95,7 +95,8 @@ Other deviations, and why:
   (``AugmentConfig.grey_before_jitter``; False gives the harness's usual jitter, then greyscale).
   The original draws the blur sigma ONCE per run
   (``MocoAugment_GPU`` builds its blur with one ``random.uniform(0.1, 2)``); here sigma is drawn
-  per clip, as the augmentation was meant to be (SimCLR / MoCo v2).
+  per clip, as the augmentation was meant to be (SimCLR / MoCo v2); ``blur_sigma = (s, s)`` gives
+  one sigma for the whole run (trained effect: results/deviations/).
 """
 
 from __future__ import annotations

@@ -271,45 +271,46 @@ def _signal_group(proc: subprocess.Popen, sig: int) -> None:
         pass
 
 
-@pytest.fixture
-def mlflow_server(tmp_path_factory):
-    """Start real ``mlflow server`` processes on free local ports; all are stopped at teardown."""
+def _mlflow_executable() -> Path:
     exe = Path(sys.executable).with_name("mlflow")
     if not exe.exists():
         pytest.skip(f"no mlflow executable beside {sys.executable}")
-    servers: list[_Server] = []
+    return exe
 
-    def start(again: _Server | None = None) -> _Server:
-        """A new server, or ``again`` (a killed one) restarted on its port and database."""
-        root = again.root if again else tmp_path_factory.mktemp("mlflow-server")
-        port = int(again.uri.rsplit(":", 1)[1]) if again else free_port()
-        uri = f"http://127.0.0.1:{port}"
-        log_file = open(root / "server.log", "ab")
-        cmd = [
-            str(exe), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-            "--backend-store-uri", f"sqlite:///{root / 'server.db'}", "--artifacts-destination", str(root / "artifacts"),
-        ]  # fmt: skip
-        env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-        env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
-        proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env, cwd=root, start_new_session=True)
-        log_file.close()
-        server = _Server(uri, proc, root)
-        servers.append(server)
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"mlflow server exited with {proc.returncode}:\n{(root / 'server.log').read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(uri + "/health", timeout=1) as r:
-                    if r.status == 200:
-                        return server
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"mlflow server at {uri} did not answer /health:\n{(root / 'server.log').read_text()[-3000:]}")
-            time.sleep(0.2)
 
-    yield start
+def _start_server(tmp_path_factory, servers: list[_Server], again: _Server | None = None) -> _Server:
+    """A new server, or ``again`` (a killed one) restarted on its port and database."""
+    root = again.root if again else tmp_path_factory.mktemp("mlflow-server")
+    port = int(again.uri.rsplit(":", 1)[1]) if again else free_port()
+    uri = f"http://127.0.0.1:{port}"
+    log_file = open(root / "server.log", "ab")
+    cmd = [
+        str(_mlflow_executable()), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+        "--backend-store-uri", f"sqlite:///{root / 'server.db'}", "--artifacts-destination", str(root / "artifacts"),
+    ]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
+    proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env, cwd=root, start_new_session=True)
+    log_file.close()
+    server = _Server(uri, proc, root)
+    servers.append(server)
+    deadline = time.monotonic() + 120
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"mlflow server exited with {proc.returncode}:\n{(root / 'server.log').read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(uri + "/health", timeout=1) as r:
+                if r.status == 200:
+                    return server
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"mlflow server at {uri} did not answer /health:\n{(root / 'server.log').read_text()[-3000:]}")
+        time.sleep(0.2)
+
+
+def _stop_servers(servers: list[_Server]) -> None:
+    """Stop every server and any worker left in its process group."""
     for server in servers:
         _signal_group(server.proc, signal.SIGTERM)
         try:
@@ -320,10 +321,26 @@ def mlflow_server(tmp_path_factory):
         _signal_group(server.proc, signal.SIGKILL)  # any worker left in the group
 
 
+@pytest.fixture
+def mlflow_server(tmp_path_factory):
+    """Start real ``mlflow server`` processes on free local ports; all are stopped at teardown."""
+    servers: list[_Server] = []
+    yield lambda again=None: _start_server(tmp_path_factory, servers, again)
+    _stop_servers(servers)
+
+
+@pytest.fixture(scope="module")
+def healthy_server(tmp_path_factory):
+    """One real ``mlflow server`` shared by the tests that neither stop nor restart it."""
+    servers: list[_Server] = []
+    yield _start_server(tmp_path_factory, servers)
+    _stop_servers(servers)
+
+
 @pytest.mark.slow
-def test_server_run_is_readable_from_the_server(_isolated, mlflow_server, caplog):
+def test_server_run_is_readable_from_the_server(_isolated, healthy_server, caplog):
     caplog.set_level(logging.WARNING, logger="core.tracking")
-    server = mlflow_server()
+    server = healthy_server
     with Tracker("suite-srv", "parent", tracking_uri=server.uri) as parent:
         with Tracker("suite-srv", "moco-s0", tracking_uri=server.uri, parent_run_id=parent.run_id, tags={"config_hash": "abc"}) as t:
             assert t.tracking_uri == server.uri and not t.fell_back
@@ -346,11 +363,11 @@ def test_server_run_is_readable_from_the_server(_isolated, mlflow_server, caplog
 
 
 @pytest.mark.slow
-def test_only_the_main_thread_gives_the_server_a_short_http_budget(_isolated, mlflow_server, monkeypatch):
+def test_only_the_main_thread_gives_the_server_a_short_http_budget(_isolated, healthy_server, monkeypatch):
     for name in tracking.HTTP_BUDGET:  # unset for this test, and unset again after it
         monkeypatch.setenv(name, "")
         monkeypatch.delenv(name)
-    server = mlflow_server()
+    server = healthy_server
     runs = []
 
     def track():
