@@ -117,10 +117,14 @@ def _tracked_text_files() -> list[Path]:
     return [ROOT / f for f in out.splitlines() if Path(f).suffix in suffixes and (ROOT / f).is_file()]
 
 
-@pytest.mark.parametrize("outside", ["../shared", "shared/DESIGN", "shared/research", "/work/", "ANCHORS.md", "METHODS.md",
-                                     "PERFORMANCE.md"])
+# paths of the developers' notes beside the checkout, which a user of vsbench does not have; joined
+# from parts so that this file does not name them itself
+OUTSIDE = ["/".join(("..", "shared")), "/".join(("shared", "DESIGN")), "/".join(("shared", "research")),
+           "/".join(("", "work", "")), ".".join(("ANCHORS", "md")), ".".join(("METHODS", "md")), ".".join(("PERFORMANCE", "md"))]
+
+
+@pytest.mark.parametrize("outside", OUTSIDE)
 def test_no_file_points_outside_the_repository(outside):
-    me = Path(__file__).resolve()
-    hits = [f"{path.relative_to(ROOT)}:{n}" for path in _tracked_text_files() if path.resolve() != me
+    hits = [f"{path.relative_to(ROOT)}:{n}" for path in _tracked_text_files()
             for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1) if outside in line]
     assert not hits, f"{outside!r} (a path outside the repository) in: {', '.join(hits)}"
