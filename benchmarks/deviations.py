@@ -214,17 +214,22 @@ def cmd_dclr_key_maps(args) -> None:
     print(f"  smallest activation-map mean (the 1e-6 floor acts below it): {min(rows['map_min']):.3g}")
 
 
-def cmd_dclr_blur_sigma(args) -> None:
+def augment_and_clips(args, method: str, *, clip_stride: int, **overrides) -> tuple:
+    """The augmentation config of ``method`` at initialisation, one uint8 RGB clip of each picked
+    train video at ``clip_stride`` (B, FRAMES, H, W, 3), and the seeded generator the commands draw from."""
     videos = pick(train_videos(args.data), args.videos, args.seed)
-    method = method_at_init("dclr", args.seed, len(videos))
-    cfg = method.data_spec().augment
+    cfg = method_at_init(method, args.seed, len(videos), **overrides).data_spec().augment
     rng = np.random.default_rng(args.seed)
-    rgb = torch.stack([rgb_rows(p, random_rows(frame_count(p), FRAMES, 2, 1, rng))[0] for p in videos])
-    g = torch.Generator().manual_seed(args.seed)
+    rgb = torch.stack([rgb_rows(p, random_rows(frame_count(p), FRAMES, clip_stride, 1, rng))[0] for p in videos])
+    return cfg, rgb, torch.Generator().manual_seed(args.seed)
+
+
+def cmd_dclr_blur_sigma(args) -> None:
+    cfg, rgb, g = augment_and_clips(args, "dclr", clip_stride=2)
     clips = geometry_only(cfg)(rgb, g)  # DCLR's crop and flip, before the blur
     sigma = cfg.blur_sigma[0] + (cfg.blur_sigma[1] - cfg.blur_sigma[0]) * torch.rand(clips.shape[0], generator=g, dtype=torch.float64)
     per_clip = gaussian_blur(clips, sigma, cfg.blur_kernel)
-    print(f"DCLR blur sigma: {len(videos)} bench clips, {FRAMES} frames, {CROP} px crop, kernel {cfg.blur_kernel} "
+    print(f"DCLR blur sigma: {len(rgb)} bench clips, {FRAMES} frames, {CROP} px crop, kernel {cfg.blur_kernel} "
           f"(int(0.1 x {CROP}) // 2 * 2 + 1), sigma per clip ~ U{tuple(cfg.blur_sigma)} (seed {args.seed})")
     print(f"  blur per clip vs no blur: mean abs difference {levels((per_clip - clips).abs().mean()):.2f} levels of 255")
     for run_sigma in args.run_sigmas:
@@ -257,12 +262,7 @@ def jitter_frame(x: torch.Tensor, factors: list[float], order) -> torch.Tensor:
 
 
 def cmd_mlfo_jitter_order(args) -> None:
-    videos = pick(train_videos(args.data), args.videos, args.seed)
-    method = method_at_init("mlfo", args.seed, len(videos))
-    cfg = method.data_spec().augment
-    rng = np.random.default_rng(args.seed)
-    rgb = torch.stack([rgb_rows(p, random_rows(frame_count(p), FRAMES, 1, 1, rng))[0] for p in videos])
-    g = torch.Generator().manual_seed(args.seed)
+    cfg, rgb, g = augment_and_clips(args, "mlfo", clip_stride=1)
     # MLFO's crop, flip and channel-split grey (p 0.5 per frame), no jitter yet
     base = VideoAugment(dataclasses.replace(cfg, jitter_p=0.0, blur_p=0.0, normalize=False))(rgb, g)
     b, _, t = base.shape[:3]
@@ -461,18 +461,13 @@ def cmd_mscl_mds_stride(args) -> None:
 
 
 def cmd_mscl_blur_kernel(args) -> None:
-    videos = pick(train_videos(args.data), args.videos, args.seed)
-    method = method_at_init("mscl", args.seed, len(videos), stride=MSCL_STRIDE, mds=False)
-    cfg = method.data_spec().augment
-    rng = np.random.default_rng(args.seed)
-    rgb = torch.stack([rgb_rows(p, random_rows(frame_count(p), FRAMES, MSCL_STRIDE, 1, rng))[0] for p in videos])
-    g = torch.Generator().manual_seed(args.seed)
+    cfg, rgb, g = augment_and_clips(args, "mscl", clip_stride=MSCL_STRIDE, stride=MSCL_STRIDE, mds=False)
     clips = geometry_only(cfg)(rgb, g)
     sigma = cfg.blur_sigma[0] + (cfg.blur_sigma[1] - cfg.blur_sigma[0]) * torch.rand(clips.shape[0], generator=g, dtype=torch.float64)
     official = int(0.1 * CROP) // 2 * 2 + 1
     ours = gaussian_blur(clips, sigma, cfg.blur_kernel)
     theirs = gaussian_blur(clips, sigma, official)
-    print(f"MSCL blur kernel: {len(videos)} bench clips, {FRAMES} frames, {CROP} px crop, sigma ~ U{tuple(cfg.blur_sigma)} "
+    print(f"MSCL blur kernel: {len(rgb)} bench clips, {FRAMES} frames, {CROP} px crop, sigma ~ U{tuple(cfg.blur_sigma)} "
           f"(seed {args.seed})")
     print(f"  kernel at 112 px: vsbench {cfg.blur_kernel}, the original's int(0.1 x 112) // 2 * 2 + 1 = "
           f"{int(0.1 * 112) // 2 * 2 + 1}; at {CROP} px: vsbench {cfg.blur_kernel}, the original's {official}")

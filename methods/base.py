@@ -65,6 +65,8 @@ class DataSpec(LoadRequest):
     stride, modalities, decode size, sampler) plus how the device augments each clip. The harness
     adds the run's flow cache and decoding backend and hands it to the loader as it is."""
 
+    clips: int = 2  # a method's default: query and key (a plain LoadRequest's is 1)
+    decode_size: tuple[int, int] | None = (128, 171)  # the papers' frame size for 112-px crops (a LoadRequest's: the file's)
     shared_crop: bool = False  # one crop/flip for all clips of a video (RGB and flow of a clip always share)
     augment: AugmentConfig = AugmentConfig()  # per-clip device augmentation (the paper's recipe)
     flow_flip_negates_u: bool = True  # a flip negates u (flow as vectors); False flips the field only (colour-coded flow)

@@ -7,6 +7,7 @@ import contextlib
 import json
 import socket
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +59,14 @@ def write_ucf_like(root: Path, classes: dict[str, int], frames: int = 24) -> Pat
 
 
 # ----------------------------------------------------------------------- test methods in the registry
+
+
+@dataclass(frozen=True)
+class TinyConfig:
+    """The Config of a test method: only the fields every method Config must have, at test sizes."""
+
+    frames: int = 4
+    crop: int = 32
 
 
 @contextlib.contextmanager

@@ -3,7 +3,6 @@
 
 import subprocess
 import sys
-from dataclasses import dataclass
 
 import pandas as pd
 import pytest
@@ -20,7 +19,7 @@ from evaluation.evaluate import EvalConfig, evaluate_encoder, protocol_tags
 from harness.cli import main
 from harness.train import save_checkpoint
 from methods.base import Method, Recipe, get_method, list_methods
-from tests.helpers import registered_method, truncate, write_ucf_like
+from tests.helpers import TinyConfig, registered_method, truncate, write_ucf_like
 
 
 @pytest.fixture(scope="module")
@@ -109,16 +108,10 @@ def test_methods_lists_every_registered_method_with_its_docstring_and_recipe(cap
     assert listed["supervised"][0].endswith("[reference row, uses labels]")
 
 
-@dataclass(frozen=True)
-class _ListedConfig:
-    frames: int = 4
-    crop: int = 32
-
-
 class _Listed(Method):
     """A method that exists for the length of one test."""
 
-    Config = _ListedConfig
+    Config = TinyConfig
     recipe = Recipe(optimizer="adamw", lr=0.125, weight_decay=0.0, schedule="cosine", epochs=7, batch_size=6)
 
 

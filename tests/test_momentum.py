@@ -1,7 +1,6 @@
 """Declared momentum encoders (methods/base.py): the EMA the harness applies, the frozen copies,
 the shuffle-BN key pass, and ``find_unused_parameters`` as a class attribute read by the harness."""
 
-from dataclasses import dataclass
 from types import SimpleNamespace
 
 import pytest
@@ -11,21 +10,16 @@ import torch.nn as nn
 import harness.train
 from backbones import create_backbone
 from methods.base import Method, MomentumPair, TrainState, create_method, get_method, key_pass, momentum_copy
-
-
-@dataclass(frozen=True)
-class _Config:
-    frames: int = 4
-    crop: int = 32
+from tests.helpers import TinyConfig
 
 
 class _TwoGroups(Method):
     """A hand-built method: group "a" at a constant 0.9, group "b" with two updates per step (0.5, then 0.8)."""
 
-    Config = _Config
+    Config = TinyConfig
 
     def __init__(self):
-        super().__init__(_Config(), nn.Linear(2, 2), dataset_size=4)
+        super().__init__(TinyConfig(), nn.Linear(2, 2), dataset_size=4)
         self.key_backbone = momentum_copy(self.backbone)
         self.head = nn.Linear(2, 1)
         self.key_head = momentum_copy(self.head)
