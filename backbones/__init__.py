@@ -12,6 +12,10 @@ Its initialisation is named when it is built, ``create_backbone(name, init=...)`
 ``INIT_SCHEMES``: "kaiming_fan_out" (the default; torchvision's and MLFO's) or "pytorch_default"
 (each module's own constructor defaults; IIC's). ``describe_backbones()`` tabulates parameters and
 forward GMACs.
+
+Other people's weights load by format (:mod:`backbones.checkpoints`)::
+
+    net, report = load_external("r3d_18-b3b3357e.pth", "torchvision", "r3d_18")
 """
 
 from .base import (
@@ -30,14 +34,25 @@ from .base import (
 )
 from .c3d import C3D
 from .resnet3d import ResNet3D, factorized_midplanes
-from .s3d import S3D, s3d_state_dict_from_torchvision
+from .s3d import S3D
+from .checkpoint_formats import STATE_DICT, TORCHVISION  # importing registers them
+from .checkpoint_formats_papers import DCLR, IIC, MLFO, MSCL
+from .checkpoints import CheckpointFormat, CheckpointMismatch, list_formats, load_external
 
 __all__ = [
     "C3D",
+    "CheckpointFormat",
+    "DCLR",
+    "IIC",
+    "MLFO",
+    "MSCL",
+    "CheckpointMismatch",
     "INIT_SCHEMES",
     "POOLED",
     "STAGE_NAMES",
     "S3D",
+    "STATE_DICT",
+    "TORCHVISION",
     "ResNet3D",
     "UnknownBackboneError",
     "VideoBackbone",
@@ -48,6 +63,7 @@ __all__ = [
     "factorized_midplanes",
     "init_weights",
     "list_backbones",
+    "list_formats",
+    "load_external",
     "register_backbone",
-    "s3d_state_dict_from_torchvision",
 ]

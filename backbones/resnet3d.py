@@ -42,6 +42,7 @@ __all__ = [
     "BasicBlock",
     "ResNet3D",
     "factorized_midplanes",
+    "mc3_18",
     "r2d_flow",
     "r2plus1d_10",
     "r2plus1d_18",
@@ -195,7 +196,7 @@ class ResNet3D(VideoBackbone):
 
     Args:
         stem: the stem module; its output has ``widths[0]`` channels.
-        conv: the block convolution, one of ``CONV_KINDS``.
+        conv: the block convolution, one of ``CONV_KINDS``, or one per stage (MC3 mixes them).
         layers: BasicBlocks per stage.
         widths: output channels of the four stages (layer1 keeps the stem's width).
         zero_init_residual: start every block's last BN at gamma = 0, so each block begins as
@@ -207,22 +208,23 @@ class ResNet3D(VideoBackbone):
     def __init__(
         self,
         stem: nn.Module,
-        conv: str,
+        conv: str | Sequence[str],
         layers: Sequence[int],
         widths: Sequence[int] = (64, 128, 256, 512),
         zero_init_residual: bool = False,
         init: str = DEFAULT_INIT,
     ) -> None:
         super().__init__()
-        if conv not in CONV_KINDS:
-            raise ValueError(f"unknown conv kind {conv!r}; valid: {CONV_KINDS}")
+        convs = (conv,) * 4 if isinstance(conv, str) else tuple(conv)
+        if len(convs) != 4 or any(c not in CONV_KINDS for c in convs):
+            raise ValueError(f"conv must be one of {CONV_KINDS} or four of them (one per stage), got {conv!r}")
         w1, w2, w3, w4 = widths
         n1, n2, n3, n4 = layers
         self.stem = stem
-        self.layer1 = make_layer(w1, w1, n1, conv, stride=1)
-        self.layer2 = make_layer(w1, w2, n2, conv, stride=2)
-        self.layer3 = make_layer(w2, w3, n3, conv, stride=2)
-        self.layer4 = make_layer(w3, w4, n4, conv, stride=2)
+        self.layer1 = make_layer(w1, w1, n1, convs[0], stride=1)
+        self.layer2 = make_layer(w1, w2, n2, convs[1], stride=2)
+        self.layer3 = make_layer(w2, w3, n3, convs[2], stride=2)
+        self.layer4 = make_layer(w3, w4, n4, convs[3], stride=2)
         self._set_stage_channels((w1, w1, w2, w3, w4))
 
         init_weights(self, init)
@@ -247,6 +249,14 @@ def r3d_18(in_channels: int = 3, zero_init_residual: bool = False, init: str = D
     """
     stem = r3d_stem(in_channels, 64)
     return ResNet3D(stem, "3d", (2, 2, 2, 2), zero_init_residual=zero_init_residual, init=init)
+
+
+@register_backbone("mc3_18")
+def mc3_18(in_channels: int = 3, zero_init_residual: bool = False, init: str = DEFAULT_INIT) -> ResNet3D:
+    """torchvision's MC3-18 without its fc: R3D-18's stem and 3x3x3 blocks in layer1, then 1x3x3
+    blocks (no temporal mixing, spatial strides only) in layer2-layer4 (Tran et al. 2018, "MC3")."""
+    stem = r3d_stem(in_channels, 64)
+    return ResNet3D(stem, ("3d", "2d", "2d", "2d"), (2, 2, 2, 2), zero_init_residual=zero_init_residual, init=init)
 
 
 @register_backbone("r3d_18_mlfo")

@@ -28,16 +28,15 @@ frames and 17x17 pixels; 16x112x112 gives a 1024x2x3x3 layer4 map.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Mapping
 from functools import partial
 
-from torch import Tensor, nn
+from torch import nn
 from torchvision.models.video.s3d import SepInceptionBlock3D, TemporalSeparableConv
 from torchvision.ops.misc import Conv3dNormActivation
 
 from .base import DEFAULT_INIT, VideoBackbone, init_weights, register_backbone
 
-__all__ = ["S3D", "s3d", "s3d_state_dict_from_torchvision"]
+__all__ = ["S3D", "TORCHVISION_FEATURES", "s3d"]
 
 
 def spatial_pool() -> nn.MaxPool3d:
@@ -95,8 +94,9 @@ def s3d(in_channels: int = 3, bn_momentum: float = 0.1, init: str = DEFAULT_INIT
     return S3D(in_channels, bn_momentum, init=init)
 
 
-# torchvision's S3D.features index -> the module path here (the pools hold no weights).
-_TORCHVISION_FEATURES = (
+# torchvision's S3D.features index -> the module path here (the pools hold no weights); the
+# torchvision checkpoint format (backbones.checkpoint_formats) renames by it.
+TORCHVISION_FEATURES = (
     "stem.Conv_1a",
     "layer1.MaxPool_2a",
     "layer1.Conv_2b",
@@ -114,19 +114,3 @@ _TORCHVISION_FEATURES = (
     "layer4.Mixed_5b",
     "layer4.Mixed_5c",
 )
-
-
-def s3d_state_dict_from_torchvision(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Rename a torchvision ``S3D`` state dict (e.g. its Kinetics-400 weights) for :class:`S3D`.
-
-    ``features.<i>.<rest>`` becomes ``<stage>.<layer name>.<rest>``; the classifier is dropped.
-    """
-    renamed = {}
-    for key, value in state_dict.items():
-        if key.startswith("classifier."):
-            continue
-        prefix, index, rest = key.split(".", 2)
-        if prefix != "features":
-            raise KeyError(f"unexpected key {key!r} in a torchvision S3D state dict")
-        renamed[f"{_TORCHVISION_FEATURES[int(index)]}.{rest}"] = value
-    return renamed

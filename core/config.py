@@ -27,6 +27,14 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 
+def merge_tables(base: dict, extra: dict) -> dict:
+    """``base`` with ``extra``'s keys set, nested tables merged key by key (``extra`` wins)."""
+    merged = dict(base)
+    for key, value in extra.items():
+        merged[key] = merge_tables(merged.get(key, {}), value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+    return merged
+
+
 class ConfigError(ValueError):
     """A configuration value that cannot be used; the message names the key."""
 

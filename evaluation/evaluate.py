@@ -79,6 +79,20 @@ def resolve_all(config: EvalConfig, trained: EncoderTraining | None) -> EvalConf
     return dataclasses.replace(config, features=resolve(config.features, trained), finetune=finetune)
 
 
+PAPER_PROTOCOLS = Path(__file__).with_name("paper_protocols")
+
+
+def paper_protocol(name: str) -> dict:
+    """A paper's own evaluation settings as ``[eval]`` tables (``evaluation/paper_protocols/<name>.toml``),
+    to be merged under the caller's explicit settings."""
+    from core.config import load_toml
+
+    known = sorted(p.stem for p in PAPER_PROTOCOLS.glob("*.toml"))
+    if name not in known:
+        raise ConfigError(f"no paper protocol {name!r}; available: {', '.join(known)}")
+    return load_toml(PAPER_PROTOCOLS / f"{name}.toml")
+
+
 def protocol_tags(config: EvalConfig) -> dict[str, str]:
     """``protocol.<name>`` -> short hash, for every enabled protocol."""
     return {f"protocol.{name}": p.hash() for name, p in config.protocol_objects().items()}

@@ -28,6 +28,7 @@ from core.config import ConfigError
 from core.data.encoder_input import ENCODER_MODALITIES as MODALITIES, EncoderTraining, InputConvention
 
 LAYERS = ("pooled", "conv5_maxpool")  # global average pool of layer4, or IIC's (1,2,2) max-pooled, flattened conv5
+TIE_RULES = ("lowest_index", "numpy_argsort")
 MERGE_RULES = ("l2", "concat")  # each part L2-normalised then concatenated, or raw concatenation (IIC's retrieval script)
 
 
@@ -38,11 +39,21 @@ class Protocol:
     name = "protocol"
 
     def fields(self) -> dict:
-        return dataclasses.asdict(self)
+        return _without_later_defaults(dataclasses.asdict(self))
 
     def hash(self) -> str:
         text = json.dumps({"name": self.name, **self.fields()}, sort_keys=True, default=str)
         return hashlib.sha1(text.encode()).hexdigest()[:10]
+
+
+#: Fields added after protocols were published, left out of a hash at these values (what every
+#: protocol did before the field existed), so every earlier hash stays what it was.
+_LATER_FIELDS = {"normalize_stats": (None, "imagenet"), "ties": ("lowest_index",)}
+
+
+def _without_later_defaults(d: dict) -> dict:
+    return {k: _without_later_defaults(v) if isinstance(v, dict) else v for k, v in d.items()
+            if not (k in _LATER_FIELDS and v in _LATER_FIELDS[k])}
 
 
 @dataclass(frozen=True)
@@ -60,8 +71,9 @@ class FeatureProtocol(Protocol):
     modality: str | None = None  # rgb | residual (IIC's rescaled residual frames) | flow; None: the encoder's
     merge: str | None = None  # a second modality whose features are concatenated (IIC's "merge")
     merge_rule: str = "l2"  # l2: [f / |f|, g / |g|] | concat: [f, g] as they are (IIC's retrieval script)
-    normalize_input: bool | None = None  # ImageNet mean/std after the crop; None: as the encoder was trained
+    normalize_input: bool | None = None  # mean/std after the crop; None: as the encoder was trained
     value_range: tuple[float, float] | None = None  # what [0, 1] pixels are mapped to; None: the encoder's
+    normalize_stats: str | None = None  # imagenet | kinetics (whose mean/std); None: the encoder's
 
     def __post_init__(self) -> None:
         _check_stride(self.stride)
@@ -87,6 +99,11 @@ class RetrievalProtocol(Protocol):
     features: FeatureProtocol = field(default_factory=FeatureProtocol)
     ks: tuple[int, ...] = (1, 5, 10, 20, 50)
     center: bool = False  # subtract the mean feature of each set first (CoCLR/MSCL variant)
+    ties: str = "lowest_index"  # lowest_index | numpy_argsort (VCOP/IIC retrieve_clips.py's order; see evaluation.retrieval)
+
+    def __post_init__(self) -> None:
+        if self.ties not in TIE_RULES:
+            raise ValueError(f"ties must be one of {TIE_RULES}, got {self.ties!r}")
 
 
 @dataclass(frozen=True)
@@ -138,6 +155,7 @@ class FinetuneProtocol(Protocol):
     modality: str | None = None  # rgb | residual; None: the encoder's input convention
     normalize_input: bool | None = None  # None: as the encoder was trained
     value_range: tuple[float, float] | None = None  # None: the encoder's
+    normalize_stats: str | None = None  # imagenet | kinetics; None: the encoder's
 
     def __post_init__(self) -> None:
         _check_stride(self.stride)
@@ -161,29 +179,34 @@ def _check_input(protocol) -> None:
         raise ValueError(f"modality must be one of {MODALITIES} or None (the encoder's), got {protocol.modality!r}")
     if protocol.value_range is not None:
         InputConvention(value_range=tuple(protocol.value_range), normalize=False)  # raises naming the valid form
+    if protocol.normalize_stats is not None:
+        InputConvention(stats=protocol.normalize_stats)  # raises naming the valid names
 
 
 def _convention(protocol, modality: str | None) -> InputConvention:
     if modality is None or protocol.normalize_input is None or protocol.value_range is None:
         raise ValueError(f"{protocol.name} protocol not resolved against its encoder: call evaluation.protocols.resolve first")
-    return InputConvention(modality=modality, value_range=tuple(protocol.value_range), normalize=protocol.normalize_input and modality != "flow")
+    return InputConvention(modality=modality, value_range=tuple(protocol.value_range), normalize=protocol.normalize_input and modality != "flow",
+                           stats=protocol.normalize_stats or "imagenet")
 
 
 _FOLLOWED = ("stride", "modality", "normalize_input", "value_range")  # protocol fields that None ties to the encoder
 
 
 def resolve(protocol, trained: EncoderTraining | None):
-    """``protocol`` with its None fields (stride, modality, normalize_input, value_range) set from
-    how the encoder was ``trained``.
+    """``protocol`` with its None fields (stride, modality, normalize_input, value_range,
+    normalize_stats) set from how the encoder was ``trained``.
 
     ``trained`` None (an ``encoder.pt`` from before vsbench recorded it) is accepted only when the
     protocol sets every one of those fields itself; otherwise a ConfigError names the keys to set."""
     open_fields = [f for f in _FOLLOWED if hasattr(protocol, f) and getattr(protocol, f) is None]
+    if trained is not None and getattr(protocol, "normalize_stats", "") is None:  # None without a record: ImageNet's
+        open_fields.append("normalize_stats")
     if not open_fields:
         return protocol
     if trained is None:
         raise ConfigError(f"the encoder does not record how it was trained (its stride and input convention): set "
                           f"{', '.join(f'{protocol.name}.{f}' for f in open_fields)} explicitly")
     values = {"stride": int(trained.stride), "modality": trained.input.modality, "normalize_input": trained.input.normalize,
-              "value_range": tuple(trained.input.value_range)}
+              "value_range": tuple(trained.input.value_range), "normalize_stats": trained.input.stats}
     return dataclasses.replace(protocol, **{f: values[f] for f in open_fields})

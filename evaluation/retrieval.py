@@ -26,6 +26,11 @@ and ranked after rounding to float32: two computations of one similarity then ag
 except in the rare case that they straddle a float32 rounding boundary (about 1e-16 apart), so
 duplicates tie exactly and CPU, GPU and every chunk size return the same neighbours. The cost is
 a float64 matmul (about 2.5x the float32 time on a CPU; little on data-centre GPUs).
+
+``ties="numpy_argsort"`` reproduces VCOP/IIC's ``retrieve_clips.py`` instead: float64 cosine
+distances (scikit-learn's ``cosine_distances``) ranked by ``np.argsort``, whose default quicksort
+puts equal distances in an order of its own, so duplicated or constant features can score
+differently from the shared rule. It exists to reproduce a paper's number, not for comparisons.
 """
 
 from __future__ import annotations
@@ -116,9 +121,21 @@ def evaluate_retrieval(
     gallery, queries = _features(train_feats, "train_feats"), _features(test_feats, "test_feats")
     if protocol.center:
         gallery, queries = _center(gallery), _center(queries)
-    _, neighbours = topk_neighbours(queries, gallery, max(protocol.ks), device=device)
+    if protocol.ties == "numpy_argsort":
+        neighbours = numpy_argsort_neighbours(queries, gallery, max(protocol.ks))
+    else:
+        _, neighbours = topk_neighbours(queries, gallery, max(protocol.ks), device=device)
     hits = recall_hits(test_labels, train_labels, neighbours, protocol.ks)
     return {key: value for k, hit in hits.items() for key, value in with_interval(f"R{k}", hit.double()).items()}
+
+
+def numpy_argsort_neighbours(queries: torch.Tensor, gallery: torch.Tensor, k: int) -> torch.Tensor:
+    """The k nearest gallery rows of every query as VCOP/IIC's retrieval script ranks them: float64
+    cosine distances (1 - cosine, clipped to [0, 2], as scikit-learn computes them), ``np.argsort``."""
+    from sklearn.metrics.pairwise import cosine_distances
+
+    distances = cosine_distances(queries.double().cpu().numpy(), gallery.double().cpu().numpy())
+    return torch.from_numpy(np.argsort(distances, axis=1)[:, :k].copy()).to(queries.device)
 
 
 def _block_topk(sim: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -4,7 +4,7 @@
     vsbench pretrain      pretrain one method on one data set
     vsbench eval          evaluate an encoder.pt with the shared protocols
     vsbench table         the comparison table of an experiment, from the MLflow store
-    vsbench sync          put runs that fell back to the local store (server down) on the server
+    vsbench sync          copy runs waiting in the outbox store (server was down) to the tracking server
     vsbench methods       list the registered methods and their paper recipes
     vsbench backbones     list the backbones with parameters and GMACs at 16x112x112
     vsbench data synth    generate the MotionShapes data set (UCF101 layout)
@@ -27,6 +27,10 @@ import sys
 from pathlib import Path
 
 from core import __version__
+
+
+#: The checkpoint formats vsbench ships (backbones.list_formats(); named here so --help imports no torch).
+CHECKPOINT_FORMATS = ("iic", "mlfo", "dclr", "mscl", "torchvision", "state_dict")
 
 
 class UserError(Exception):
@@ -257,24 +261,17 @@ def _parse_set(items: list[str]) -> dict:
     return out
 
 
-def _merge(base: dict, extra: dict) -> dict:
-    merged = dict(base)
-    for key, value in extra.items():
-        merged[key] = _merge(merged.get(key, {}), value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
-    return merged
-
-
 def _cmd_pretrain(args) -> int:
-    from core.config import PretrainConfig, from_dict, load_toml
+    from core.config import PretrainConfig, from_dict, load_toml, merge_tables
     from harness.train import pretrain
 
     values = load_toml(args.config) if args.config else {}
-    values = _merge(values, {key: getattr(args, flag) for flag, key in _PRETRAIN_FLAGS.items() if getattr(args, flag) is not None})
+    values = merge_tables(values, {key: getattr(args, flag) for flag, key in _PRETRAIN_FLAGS.items() if getattr(args, flag) is not None})
     if args.data or args.workers is not None:
         data = {"path": args.data} if args.data else {}
         data |= {"workers": args.workers} if args.workers is not None else {}
-        values = _merge(values, {"data": data})
-    values = _merge(values, _parse_set(args.set))
+        values = merge_tables(values, {"data": data})
+    values = merge_tables(values, _parse_set(args.set))
     config = from_dict(PretrainConfig, values, where=str(args.config) if args.config else "")
     if not config.data.path:
         raise UserError("no data set: pass --data PATH or set data.path in --config")
@@ -315,10 +312,10 @@ def _add_run(commands) -> None:
 
 
 def _cmd_run(args) -> int:
-    from core.config import load_toml
+    from core.config import load_toml, merge_tables
     from harness.suite import describe_plan, plan_suite, run_suite
 
-    contents = _merge(load_toml(args.suite), _parse_set(args.set))
+    contents = merge_tables(load_toml(args.suite), _parse_set(args.set))
     if args.dry_run:
         print(describe_plan(*plan_suite(args.suite, contents=contents, dry_run=True)))
         return 0
@@ -343,14 +340,28 @@ def _add_eval(commands) -> None:
         "and logged to MLflow as eval/<protocol>/<metric> with the protocol hashes as tags. The encoder is fed as it "
         "was trained: the stride and input convention (modality, value range, ImageNet normalisation) recorded in "
         "encoder.pt fill every protocol key left unset (features.stride, features.modality, features.normalize_input, "
-        "features.value_range and the same finetune.* keys); a file without that record needs them set with --set.",
+        "features.value_range and the same finetune.* keys); a file without that record needs them set with --set. "
+        "With --checkpoint-format, ENCODER is someone else's checkpoint (a paper's released weights, torchvision's, a "
+        "plain state dict): it is loaded into --backbone with every key mapped and checked, written as an encoder.pt "
+        "under runs/external/<file>-<hash>-<format>-<backbone>/ and evaluated like any encoder.",
     )
-    p.add_argument("encoder", type=Path, help="encoder.pt written by `vsbench pretrain` or a suite")
+    p.add_argument("encoder", type=Path, help="encoder.pt written by `vsbench pretrain` or a suite, or a checkpoint file "
+                   "in the --checkpoint-format")
+    p.add_argument("--checkpoint-format", default=None, metavar="FORMAT",
+                   help=f"read ENCODER as an external checkpoint: {', '.join(CHECKPOINT_FORMATS)} (docs/checkpoints.md)")
+    p.add_argument("--backbone", help="with --checkpoint-format: the vsbench backbone it fits (see `vsbench backbones`)")
+    p.add_argument("--key-map", action="append", default=[], metavar="PATTERN=REPLACEMENT",
+                   help="with --checkpoint-format: rename keys matching the regular expression (whole key; \\1 groups) "
+                   "before the format's own rules; an empty replacement drops them. Repeatable.")
     p.add_argument("--data", required=True, help="data set path (train split = gallery/training set, test split = queries)")
     p.add_argument("--format", default="auto", choices=("auto", "ucf101", "hmdb51", "csv"))
     p.add_argument("--protocols", default="retrieval,linear,knn,probe", help="comma list of retrieval, linear, knn, probe, finetune")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="EvalConfig keys, e.g. --set features.clips=5 --set features.layer=conv5_maxpool --set finetune.epochs=10")
+    p.add_argument("--paper-protocol", metavar="PAPER",
+                   help="evaluate as that paper's own scripts do (e.g. iic: conv5 max-pooled features of residual clips, "
+                   "numpy's argsort order among ties): evaluation/paper_protocols/PAPER.toml under the --set values; "
+                   "its hashes differ from the shared protocols', so a table shows the two side by side")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--experiment", default="vsbench-eval", help="MLflow experiment (default vsbench-eval)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI")
@@ -359,15 +370,21 @@ def _add_eval(commands) -> None:
 
 def _cmd_eval(args) -> int:
     from backbones import create_backbone
-    from evaluation.evaluate import EvalConfig, eval_data, evaluate_encoder, protocol_tags, resolve_all
-    from core.config import DataConfig, from_dict
+    from evaluation.evaluate import EvalConfig, eval_data, evaluate_encoder, paper_protocol, protocol_tags, resolve_all
+    from core.config import DataConfig, from_dict, merge_tables
     from core.distributed import init_distributed
     from core.tracking import Tracker
     from harness.train import load_checkpoint, saved_training, train_classifier
 
-    values = _merge({"protocols": [p for p in args.protocols.split(",") if p]}, _parse_set(args.set))
+    values = merge_tables({"protocols": [p for p in args.protocols.split(",") if p]}, _parse_set(args.set))
+    if args.paper_protocol:
+        values = merge_tables(paper_protocol(args.paper_protocol), values)
     config = from_dict(EvalConfig, values, where="eval")
     data = DataConfig(path=args.data, format=args.format, workers=config.workers)
+    if args.checkpoint_format:
+        args.encoder = _import_external(args)
+    elif args.backbone or args.key_map:
+        raise UserError("--backbone and --key-map describe an external checkpoint: give its --checkpoint-format too")
     saved = load_checkpoint(args.encoder, needs=("backbone", "state_dict"))
     trained = saved_training(saved, args.encoder)
     resolve_all(config, trained)  # a file without its training record needs the protocols to say stride and input
@@ -375,7 +392,9 @@ def _cmd_eval(args) -> int:
     encoder = create_backbone(saved["backbone"], **saved.get("backbone_args", {}))
     encoder.load_state_dict(saved["state_dict"])
     device = init_distributed(args.device).device
-    tags = {"kind": "eval", "encoder": str(args.encoder), "backbone": saved["backbone"], **protocol_tags(config)}
+    source = {f"checkpoint.{k}": v for k, v in saved.get("source", {}).items() if k in ("name", "sha256", "format", "label")}
+    tags = {"kind": "eval", "encoder": str(args.encoder), "backbone": saved["backbone"], **source, **protocol_tags(config),
+            **({"paper_protocol": args.paper_protocol} if args.paper_protocol else {})}
     with Tracker(args.experiment, f"eval-{args.encoder.parent.name}", tracking_uri=args.tracking_uri, tags=tags) as tracker:
         if trained is not None:
             tracker.log_params({"training": trained.to_dict()})
@@ -386,6 +405,23 @@ def _cmd_eval(args) -> int:
     for name, value in sorted(metrics.items()):
         print(f"{name:<32} {value:.4f}")
     return 0
+
+
+def _import_external(args) -> Path:
+    """``vsbench eval --checkpoint-format``: the external file made into an encoder.pt (harness.external)."""
+    from backbones.checkpoints import CheckpointMismatch, parse_key_map
+    from harness.external import import_checkpoint
+
+    if not args.backbone:
+        raise UserError(f"--checkpoint-format {args.checkpoint_format} needs --backbone (the vsbench backbone the checkpoint "
+                        "fits; see `vsbench backbones`)")
+    try:
+        encoder, report = import_checkpoint(args.encoder, args.checkpoint_format, args.backbone, key_map=parse_key_map(args.key_map))
+    except (CheckpointMismatch, ValueError, KeyError, FileNotFoundError) as err:
+        raise UserError(str(err)) from err
+    print(f"{report.label}: {report.loaded} tensors loaded into {args.backbone}; dropped (not used by evaluation): "
+          f"{', '.join(report.dropped) or 'none'}")
+    return encoder
 
 
 def _add_table(commands) -> None:
@@ -417,33 +453,35 @@ def _cmd_table(args) -> int:
 def _add_sync(commands) -> None:
     p = commands.add_parser(
         "sync",
-        help="put runs that fell back to the local store while the server was down on the server",
-        description="When the tracking server does not answer, runs are written to mlflow-fallback.db in the working "
-        "folder. This copies every such run of the given server back to it: into the server run it continues (the "
-        "points the server lacks are added and its status set) or as a new run, with its parent link, params, tags, "
-        "metrics and artifacts; each copied run is tagged vsbench.synced_to, so a second sync copies nothing. "
-        "`vsbench run` does the same before its first run whenever the server answers.",
+        help="copy the runs waiting in the outbox store to the tracking server",
+        description="A run tracked for a server is written to mlflow-outbox.db in the working folder first and copied "
+        "to the server when it starts, at every checkpoint and when it ends. Runs that could not be copied completely "
+        "(the server was down) wait there; this copies every such run of the given server: the params, tags, metric "
+        "points and status the server lacks, its parent link, and the artifacts of runs that ended, into the server "
+        "run made by an earlier copy or a new one. A run copied after it ended is tagged vsbench.synced, so a second "
+        "sync copies nothing. `vsbench run` does the same before its first run whenever the server answers.",
     )
     p.add_argument("--tracking-uri", help="the tracking server, http(s)://... (default: MLFLOW_TRACKING_URI)")
-    p.add_argument("--fallback", type=Path, default=None, help="the fallback store (default ./mlflow-fallback.db)")
+    p.add_argument("--outbox", type=Path, default=None, help="the outbox store (default ./mlflow-outbox.db)")
     p.set_defaults(func=_cmd_sync)
 
 
 def _cmd_sync(args) -> int:
-    from core.tracking import FALLBACK_DB, _is_local, resolve_tracking_uri
-    from core.tracking_sync import sync_fallback
+    from core.tracking_store import OUTBOX_DB, is_local, resolve_tracking_uri
+    from core.tracking_sync import sync_outbox
 
     uri = resolve_tracking_uri(args.tracking_uri)
-    fallback = args.fallback or Path(FALLBACK_DB)
-    if _is_local(uri):
+    outbox = args.outbox or Path(OUTBOX_DB)
+    if is_local(uri):
         raise UserError(f"--tracking-uri {uri!r} is a local store; sync copies runs to a tracking server (http://HOST:PORT)")
-    if not fallback.exists():
-        raise UserError(f"{fallback}: no such fallback store (runs fall back to ./{FALLBACK_DB} of the folder they ran in)")
+    if not outbox.exists():
+        raise UserError(f"{outbox}: no such outbox store (runs tracked for a server are kept in ./{OUTBOX_DB} of the folder "
+                        "they ran in)")
     try:
-        copied = sync_fallback(uri, fallback_db=fallback)
+        copied = sync_outbox(uri, outbox=outbox)
     except ConnectionError as err:
         raise UserError(str(err)) from err
-    print(f"{len(copied)} run(s) copied from {fallback} to {uri}")
+    print(f"{len(copied)} run(s) copied from {outbox} to {uri}")
     return 0
 
 

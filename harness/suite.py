@@ -26,6 +26,13 @@ A suite file (TOML) looks like::
 
     references = ["random init", "supervised"]   # reference rows: floor and ceiling (on every backbone used)
 
+    [[checkpoints]]                     # external checkpoint rows: weights vsbench did not train
+    file = "weights/r3d_18-b3b3357e.pth"  # relative to the suite file's folder, or absolute
+    format = "torchvision"              # backbones.list_formats()
+    backbone = "r3d_18"
+    key_map = []                        # optional extra renames, "PATTERN=REPLACEMENT"
+    paper_protocol = "iic"              # optional: also evaluate as that paper's scripts do (its own columns)
+
     [eval]                              # evaluation.evaluate.EvalConfig: which protocols, their settings
     protocols = ["retrieval", "linear", "knn", "probe", "finetune"]
     [eval.features]                     # evaluation.protocols.FeatureProtocol
@@ -41,7 +48,12 @@ suite's batch differs from the paper's (``lr_scaling = "linear"``). The suite's 
 still apply (a CPU budget has to shrink epochs, batch and input), and each such run records which
 paper values the suite changed (tag ``setup.changed``); the table labels the rows
 ``<method> (paper setup)`` and lists those changes under it. Reference rows run on every backbone
-the suite's rows use.
+the suite's rows use. An external checkpoint row (``[[checkpoints]]``) evaluates a file in a named
+format (:mod:`harness.external`) with the suite's protocols, once per seed, and is labelled by the
+file's name and the first 12 hex digits of its SHA-256 (``r3d_18-b3b3357e.pth@0123456789ab``).
+With ``paper_protocol`` it is evaluated a second time with that paper's own settings
+(:func:`evaluation.evaluate.paper_protocol` over the suite's ``[eval]``): other protocol hashes,
+so the table gives the paper-protocol numbers their own columns beside the shared ones.
 
 ``vsbench run SUITE`` opens a parent MLflow run (an interrupted invocation's parent is continued
 by the next one with the same settings: ``suite_run.json``, a :class:`~core.io.RunMemo`) and a child run per
@@ -92,6 +104,17 @@ class Ablation:
 
 
 @dataclass
+class ExternalCheckpoint:
+    """An extra table row: the weights of ``file`` read as ``format`` into ``backbone``."""
+
+    file: str = ""
+    format: str = ""
+    backbone: str = ""
+    key_map: list[str] = field(default_factory=list)
+    paper_protocol: str | None = None
+
+
+@dataclass
 class Suite:
     """A parsed suite file."""
 
@@ -106,6 +129,7 @@ class Suite:
     overrides: dict = field(default_factory=dict)
     ablations: list[Ablation] = field(default_factory=list)
     references: list[str] = field(default_factory=list)  # "random init", "supervised"
+    checkpoints: list[ExternalCheckpoint] = field(default_factory=list)
     eval: dict = field(default_factory=dict)  # EvalConfig fields
     path: str = ""
 
@@ -148,6 +172,9 @@ def load_suite(path: str | Path, *, contents: dict | None = None) -> Suite:
     if unknown:
         raise ConfigError(f"{path}: references: unknown row(s) {sorted(unknown)}; valid: {', '.join(REFERENCES)}")
     eval_config(suite)  # validate now, not after hours of pretraining
+    for ext in suite.checkpoints:
+        file = Path(ext.file).expanduser()
+        ext.file = str(file if file.is_absolute() else path.parent / file)
     suite.name = suite.name or path.stem
     return suite
 
@@ -155,12 +182,15 @@ def load_suite(path: str | Path, *, contents: dict | None = None) -> Suite:
 REFERENCES = ("random init", "supervised")
 
 
-def eval_config(suite: Suite):
-    """The suite's evaluation settings as an EvalConfig (errors name the key)."""
-    from evaluation.evaluate import EvalConfig
+def eval_config(suite: Suite, paper: str | None = None):
+    """The suite's evaluation settings as an EvalConfig (errors name the key); with ``paper``, that
+    paper's own protocol settings over them (the suite keeps its protocols and workers)."""
+    from core.config import merge_tables
+    from evaluation.evaluate import EvalConfig, paper_protocol
 
     try:
-        return from_dict(EvalConfig, suite.eval, where="eval")
+        values = merge_tables(suite.eval, paper_protocol(paper)) if paper else suite.eval
+        return from_dict(EvalConfig, values, where="eval" if not paper else f"eval with paper protocol {paper}")
     except ConfigError as err:
         raise ConfigError(f"{suite.path}: {err}") from err
 
@@ -251,7 +281,24 @@ def _check_before_running(suite: Suite, registered: list[str], rows: list[tuple[
             build_config(get_method(method), args)
         except ConfigError as err:
             raise ConfigError(f"{suite.path}: row {row!r}: {err}") from err
+    for i, ext in enumerate(suite.checkpoints):
+        _check_external(suite, i, ext)
     _check_against_data(suite)
+
+
+def _check_external(suite: Suite, index: int, ext: ExternalCheckpoint) -> None:
+    """An external checkpoint row loads: a known format and backbone, every key mapped, none
+    missing, every shape equal (the file is read, nothing is written)."""
+    from backbones import load_external
+    from backbones.checkpoints import get_format, parse_key_map
+    from evaluation.evaluate import resolve_all
+
+    try:
+        load_external(ext.file, ext.format, ext.backbone, key_map=parse_key_map(ext.key_map))
+        for paper in (None, ext.paper_protocol) if ext.paper_protocol else (None,):  # without a record, [eval] must set stride and input
+            resolve_all(eval_config(suite, paper), get_format(ext.format).training())
+    except (ValueError, KeyError, FileNotFoundError) as err:
+        raise ConfigError(f"{suite.path}: checkpoints[{index}] ({ext.file}): {err}") from err
 
 
 def _check_against_data(suite: Suite) -> None:
@@ -338,6 +385,8 @@ def describe_plan(suite: Suite, runs: list[SuiteRun]) -> str:
         setup = f"; paper setup, changed: {', '.join(item.changed) or 'nothing'}" if item.setup == PAPER else ""
         lines += [f"{item.config.run_name} (row {item.row}{setup}):", f"  {json.dumps(to_dict(item.config), sort_keys=True)}"]
     lines += [f"{name} (reference row)" for name in references]
+    lines += [f"{Path(ext.file).name} as {ext.format} on {ext.backbone}, seeds {suite.seeds} (external checkpoint row)"
+              for ext in suite.checkpoints]
     lines += ["eval (every run):", f"  {json.dumps(to_dict(eval_config(suite)), sort_keys=True)}"]
     return "\n".join(lines)
 
@@ -356,7 +405,7 @@ def run_suite(path: str | Path, *, contents: dict | None = None, force: bool = F
     from core.tracking_sync import sync_if_needed
 
     suite, runs = plan_suite(path, contents=contents)
-    sync_if_needed(tracking_uri)  # runs of an earlier invocation that fell back while the server was down count as done
+    sync_if_needed(tracking_uri)  # runs that ended while the server was down count as done
     reserve_frame_cache(suite.data.cache_gb)  # before the first row: the reference rows evaluate without pretraining
     evaluation = eval_config(suite)
     experiment = suite.experiment or suite.name
@@ -380,6 +429,9 @@ def run_suite(path: str | Path, *, contents: dict | None = None, force: bool = F
                 for row in suite.references:
                     with _foreign_checkpoint_needs_force(_reference_name(row, backbone, seed)):
                         records.append(_reference_row(row, backbone, seed, suite, evaluation, parent.run_id, force, tracking_uri))
+        for ext in suite.checkpoints:
+            for seed in suite.seeds:
+                records += _external_row(ext, seed, suite, evaluation, parent.run_id, force, tracking_uri)
         records.append({"row": "table", "report": _report(suite, experiment, parent, tracking_uri, command)})
     return records
 
@@ -520,6 +572,55 @@ def _reference_row(row: str, backbone: str, seed: int, suite: Suite, evaluation,
                                     trained=trained)
         tracker.log_metrics({**metrics, "pretrain/params": sum(p.numel() for p in encoder.parameters())}, step=0)
         return {"row": row, "run_id": tracker.run_id, "skipped": False}
+
+
+def _external_row(ext: ExternalCheckpoint, seed: int, suite: Suite, evaluation, parent_id: str, force: bool, tracking_uri) -> list[dict]:
+    """An external checkpoint made into an encoder.pt (harness.external) and evaluated with the
+    suite's protocols, fine-tuning included, and with its ``paper_protocol`` if it names one; the
+    row is named by the file's name and hash."""
+    from backbones.checkpoints import parse_key_map
+    from harness.external import import_checkpoint
+
+    pretrain = from_dict(PretrainConfig, {k: v for k, v in suite.pretrain.items() if k != "method_args"})
+    path, report = import_checkpoint(ext.file, ext.format, ext.backbone, key_map=parse_key_map(ext.key_map),
+                                     root=Path(pretrain.output_dir) / "external")
+    protocols = [(None, evaluation)] + ([(ext.paper_protocol, eval_config(suite, ext.paper_protocol))] if ext.paper_protocol else [])
+    return [_evaluate_external(ext, path, report, seed, suite, pretrain, paper, config, parent_id, force, tracking_uri)
+            for paper, config in protocols]
+
+
+def _evaluate_external(ext: ExternalCheckpoint, path: Path, report, seed: int, suite: Suite, pretrain: PretrainConfig,
+                       paper: str | None, evaluation, parent_id: str, force: bool, tracking_uri) -> dict:
+    from backbones import create_backbone
+    from core.distributed import init_distributed
+    from core.tracking import Tracker
+    from evaluation.evaluate import evaluate_encoder, protocol_tags
+    from harness.train import load_checkpoint, saved_training, train_classifier
+
+    experiment = suite.experiment or suite.name
+    tags = protocol_tags(evaluation)
+    key = _skip_key("external", report.sha256, ext.format, ext.backbone, sorted(ext.key_map), paper, seed, suite.data,
+                    sorted(tags.items()))
+    done = _finished(experiment, key, tracking_uri)
+    if done and not force:
+        return {"row": report.label, "run_id": done, "skipped": True}
+    saved = load_checkpoint(path, needs=("backbone", "state_dict"))
+    trained = saved_training(saved, path)
+    encoder = create_backbone(ext.backbone)
+    encoder.load_state_dict(saved["state_dict"])
+    name = f"{path.parent.name}{f'-paper-{paper}' if paper else ''}-s{seed}"
+    run_tags = {"suite": suite.name, "row": report.label, "kind": "external", "method": "external", "backbone": ext.backbone,
+                "seed": str(seed), "suite_key": key, "checkpoint.name": Path(ext.file).name, "checkpoint.sha256": report.sha256,
+                "checkpoint.format": ext.format, **({"paper_protocol": paper} if paper else {}), **tags}
+    with Tracker(experiment, name, tracking_uri=tracking_uri, parent_run_id=parent_id, tags=run_tags) as tracker:
+        tracker.log_params({"checkpoint": {**saved["source"], "dropped": len(report.dropped)},
+                            **({"input": trained.input.to_dict()} if trained is not None else {})})
+        metrics = evaluate_encoder(encoder, data=suite.data, config=evaluation, device=init_distributed(pretrain.device).device,
+                                   seed=seed, cache_dir=Path(pretrain.output_dir) / "features", finetune_from=str(path),
+                                   backbone=ext.backbone, output_dir=pretrain.output_dir, run_name=name, trained=trained,
+                                   trainer=train_classifier)
+        tracker.log_metrics({**metrics, "pretrain/params": sum(p.numel() for p in encoder.parameters())}, step=0)
+        return {"row": report.label, "run_id": tracker.run_id, "skipped": False}
 
 
 def _report(suite: Suite, experiment: str, parent, tracking_uri, command: str) -> dict:

@@ -28,8 +28,9 @@ from backbones import (
     factorized_midplanes,
     list_backbones,
     register_backbone,
-    s3d_state_dict_from_torchvision,
 )
+from backbones.checkpoint_formats import TORCHVISION
+from backbones.checkpoints import map_state_dict
 
 ALL = list_backbones()
 SMALL = (2, 3, 8, 32, 32)  # (B, C, T, H, W): every backbone runs on it in well under a second
@@ -382,6 +383,7 @@ def test_torchvision_resnets_exactly(described):
     [
         ("r3d_18", lambda: tv_video.r3d_18()),
         ("r2plus1d_18", lambda: tv_video.r2plus1d_18()),
+        ("mc3_18", lambda: tv_video.mc3_18()),
         # VCOP/IIC's R3DNet((1,1,1,1)) has torchvision's stem, blocks and 1x1x1 shortcuts
         ("r3d_vcop", lambda: VideoResNet(TvBasicBlock, [Conv3DSimple] * 4, [1, 1, 1, 1], BasicStem)),
     ],
@@ -396,7 +398,8 @@ def test_torchvision_state_dicts_fit(ours, theirs):
 def test_s3d_matches_torchvision(described):
     with torch.device("meta"):
         reference = tv_video.s3d()
-    assert shapes(meta("s3d").state_dict()) == shapes(s3d_state_dict_from_torchvision(reference.state_dict()))
+    renamed, dropped, _ = map_state_dict(reference.state_dict(), TORCHVISION, "s3d")
+    assert shapes(meta("s3d").state_dict()) == shapes(renamed) and {k.split(".")[0] for k in dropped} == {"classifier"}
     assert described["s3d"]["params"] == TV_S3D_PARAMS - (1024 * 400 + 400) == 7_910_048
     # torchvision's own cost at its native 224 px (_ops = 17.979); ours drops only the classifier
     assert count_gmacs(meta("s3d"), (16, 224, 224)) == pytest.approx(17.98, rel=0.01)

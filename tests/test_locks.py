@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import pytest
 from mlflow.tracking import MlflowClient
 
-from core import tracking
+from core import tracking, tracking_store
 from core.io import RUN_LOCK, LockTimeout, RunFolderLocked, pid_alive, run_folder_lock
 from harness.train import CHECKPOINT, Pretraining, pretrain
 from methods.base import DataSpec, Method, Recipe, StepOutput, TrainState
@@ -165,7 +165,7 @@ def test_a_store_held_too_long_is_an_error_naming_the_store_and_the_holder(tmp_p
     db = tmp_path / "mlflow.db"
     with tracking.Tracker("waits", "first", tracking_uri=f"sqlite:///{db}"):
         pass
-    monkeypatch.setattr(tracking, "STORE_LOCK_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(tracking_store, "STORE_LOCK_TIMEOUT_S", 0.2)
     with _held_by_another_process(tmp_path / "mlflow.db.lock") as holder:
         held = rf"\S+mlflow.db.lock is held by pid {holder.pid} on host {re.escape(HOST)} \(waited 0.2 s\); that process is creating"
         with pytest.raises(LockTimeout, match=rf"cannot open the MLflow store sqlite:///{re.escape(str(db))}: {held}"):

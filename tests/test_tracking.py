@@ -19,7 +19,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 import core
-from core import tracking
+from core import tracking, tracking_store, tracking_sync
 from core.tracking import Tracker, find_finished_runs, flatten_config, resolve_tracking_uri, runs_frame
 from tests.helpers import free_port
 
@@ -74,7 +74,7 @@ def test_flatten_config():
 
 
 def test_resolve_tracking_uri(monkeypatch):
-    assert resolve_tracking_uri() == tracking.DEFAULT_URI == "sqlite:///mlflow.db"
+    assert resolve_tracking_uri() == tracking_store.DEFAULT_URI == "sqlite:///mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://env:5000")
     assert resolve_tracking_uri() == "http://env:5000"
     assert resolve_tracking_uri("http://explicit:5000") == "http://explicit:5000"
@@ -339,32 +339,38 @@ def healthy_server(tmp_path_factory):
 
 @pytest.mark.slow
 def test_server_run_is_readable_from_the_server(_isolated, healthy_server, caplog):
-    caplog.set_level(logging.WARNING, logger="core.tracking")
+    caplog.set_level(logging.WARNING, logger="core")
     server = healthy_server
     with Tracker("suite-srv", "parent", tracking_uri=server.uri) as parent:
         with Tracker("suite-srv", "moco-s0", tracking_uri=server.uri, parent_run_id=parent.run_id, tags={"config_hash": "abc"}) as t:
-            assert t.tracking_uri == server.uri and not t.fell_back
+            assert t.server == server.uri and t.tracking_uri == f"sqlite:///{_isolated / tracking_store.OUTBOX_DB}"
+            assert t.server_run_id is not None  # on the server from its start
             t.log_params({"method": {"name": "moco", "dim": 128}})
             for step in range(300):
                 t.log_metrics({"loss": 10.0 - step / 100}, step=step)
             t.log_dict({"r@1": 0.5}, "eval/summary.json")
     assert not caplog.records, caplog.text
-    assert not (_isolated / "mlflow.db").exists() and not (_isolated / tracking.FALLBACK_DB).exists()
+    assert not (_isolated / "mlflow.db").exists()
 
     client = MlflowClient(server.uri)
-    run = client.get_run(t.run_id)
-    assert run.info.status == "FINISHED"
+    run = client.get_run(t.server_run_id)
+    assert run.info.status == "FINISHED" and run.info.run_name == "moco-s0"
     assert run.data.params == {"method.name": "moco", "method.dim": "128"}
-    assert run.data.tags["mlflow.parentRunId"] == parent.run_id
-    assert sorted(m.step for m in client.get_metric_history(t.run_id, "loss")) == list(range(300))
-    assert [a.path for a in client.list_artifacts(t.run_id, "eval")] == ["eval/summary.json"]
-    assert find_finished_runs("suite-srv", "config_hash", "abc", tracking_uri=server.uri) == [t.run_id]
-    assert list(runs_frame("suite-srv", tracking_uri=server.uri, parent_run_id=parent.run_id)["run_id"]) == [t.run_id]
+    assert run.data.tags["mlflow.parentRunId"] == parent.server_run_id != parent.run_id
+    assert not {tracking_sync.SERVER_TAG, tracking_sync.SYNCED_TAG, tracking_sync.COMPLETE_TAG} & set(run.data.tags)
+    assert sorted(m.step for m in client.get_metric_history(t.server_run_id, "loss")) == list(range(300))
+    assert [a.path for a in client.list_artifacts(t.server_run_id, "eval")] == ["eval/summary.json"]
+    assert find_finished_runs("suite-srv", "config_hash", "abc", tracking_uri=server.uri) == [t.server_run_id]
+    frame = runs_frame("suite-srv", tracking_uri=server.uri, parent_run_id=parent.server_run_id)
+    assert list(frame["run_id"]) == [t.server_run_id]
+    # the local copy is complete, so a sync has nothing to copy
+    assert _client(_isolated, tracking_store.OUTBOX_DB).get_run(t.run_id).data.tags[tracking_sync.COMPLETE_TAG] == "complete"
+    assert tracking_sync.sync_outbox(server.uri) == {}
 
 
 @pytest.mark.slow
 def test_only_the_main_thread_gives_the_server_a_short_http_budget(_isolated, healthy_server, monkeypatch):
-    for name in tracking.HTTP_BUDGET:  # unset for this test, and unset again after it
+    for name in tracking_store.HTTP_BUDGET:  # unset for this test, and unset again after it
         monkeypatch.setenv(name, "")
         monkeypatch.delenv(name)
     server = healthy_server
@@ -378,121 +384,106 @@ def test_only_the_main_thread_gives_the_server_a_short_http_budget(_isolated, he
     thread = threading.Thread(target=track)
     thread.start()
     thread.join()
-    assert runs[0].status == "FINISHED" and not runs[0].fell_back
-    assert not any(name in os.environ for name in tracking.HTTP_BUDGET)  # a background thread leaves the environment alone
+    assert runs[0].status == "FINISHED" and runs[0].server_run_id is not None
+    assert not any(name in os.environ for name in tracking_store.HTTP_BUDGET)  # a background thread leaves the environment alone
     with Tracker("suite-env", "main", tracking_uri=server.uri):
         pass
-    assert {name: os.environ[name] for name in tracking.HTTP_BUDGET} == tracking.HTTP_BUDGET
+    assert {name: os.environ[name] for name in tracking_store.HTTP_BUDGET} == tracking_store.HTTP_BUDGET
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")  # what the user set is kept
     with Tracker("suite-env", "main", tracking_uri=server.uri):
         pass
     assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "30"
 
 
-def test_unreachable_server_falls_back_to_the_local_store(_isolated, caplog):
+def test_unreachable_server_keeps_the_run_in_the_outbox(_isolated, caplog):
     caplog.set_level(logging.WARNING, logger="core.tracking")
     uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     with Tracker("suite-down", "parent", tracking_uri=uri) as parent:
-        with Tracker("suite-down", "moco-s0", tracking_uri=uri, parent_run_id=parent.run_id) as t:
+        with Tracker("suite-down", "moco-s0", tracking_uri=uri, parent_run_id=parent.run_id, tags={"config_hash": "d1"}) as t:
             t.log_params({"method": {"name": "moco"}, "lr": 0.03})
             for step in range(50):
                 t.log_metrics({"loss": 1.0 + step}, step=step)
             t.log_dict({"done": True}, "summary.json")
-    assert uri in caplog.text and "unreachable" in caplog.text
-    assert t.fell_back and t.tracking_uri == f"sqlite:///{_isolated / tracking.FALLBACK_DB}"
+    assert uri in caplog.text and "is not on the tracking server" in caplog.text
+    assert caplog.text.count("WARNING") == 2  # once per run, not at every flush
+    assert t.server_run_id is None and t.tracking_uri == f"sqlite:///{_isolated / tracking_store.OUTBOX_DB}"
     assert not (_isolated / "mlflow.db").exists()
 
-    client = _client(_isolated, tracking.FALLBACK_DB)
+    client = _client(_isolated, tracking_store.OUTBOX_DB)
     run = client.get_run(t.run_id)
     assert run.info.status == "FINISHED"
     assert run.data.params == {"method.name": "moco", "lr": "0.03"}
-    assert run.data.tags[tracking.FALLBACK_TAG] == uri
-    assert run.data.tags["mlflow.parentRunId"] == parent.run_id  # the family stays in one store
+    assert run.data.tags[tracking_sync.SERVER_TAG] == uri and tracking_sync.SYNCED_TAG not in run.data.tags
+    assert run.data.tags["mlflow.parentRunId"] == parent.run_id
     assert client.get_run(parent.run_id).info.status == "FINISHED"
     assert sorted(m.step for m in client.get_metric_history(t.run_id, "loss")) == list(range(50))
-    assert (_isolated / tracking.FALLBACK_ARTIFACT_DIR / t.run_id / "artifacts" / "summary.json").exists()
+    assert (_isolated / tracking_store.OUTBOX_ARTIFACT_DIR / t.run_id / "artifacts" / "summary.json").exists()
+    # a rerun while the server is still down finds the run in the outbox, and does not train it again
+    assert find_finished_runs("suite-down", "config_hash", "d1", tracking_uri=uri) == [t.run_id]
+    assert find_finished_runs("suite-down", "config_hash", "d1", tracking_uri=f"http://127.0.0.1:{free_port()}") == []
 
 
 @pytest.mark.slow
-def test_server_dying_mid_run_loses_nothing(_isolated, mlflow_server, caplog):
+def test_server_dying_mid_run_loses_nothing_and_sync_completes_the_server_run(_isolated, mlflow_server, caplog, capsys):
+    from harness.cli import main
+
     caplog.set_level(logging.WARNING, logger="core.tracking")
     server = mlflow_server()
     weights = _isolated / "encoder.pt"
     weights.write_bytes(b"\x00weights" * 1000)
     parent = Tracker("suite-kill", "suite-invocation", tracking_uri=server.uri)
-    remote_parent = parent.run_id
     t = Tracker(
-        "suite-kill", "victim", tracking_uri=server.uri, parent_run_id=remote_parent, tags={"config_hash": "k1"}, flush_seconds=600
+        "suite-kill", "victim", tracking_uri=server.uri, parent_run_id=parent.run_id, tags={"config_hash": "k1"}, flush_seconds=600
     )
     t.log_params({"method": {"name": "moco"}, "seed": 3})
     for step in range(100):
         t.log_metrics({"loss": float(step), "lr": 0.1}, step=step)
     t.log_dict({"phase": "before"}, "before.json")
     t.flush()
-    remote_id = t.run_id
+    remote_id, remote_parent = t.server_run_id, parent.server_run_id
     assert len(MlflowClient(server.uri).get_metric_history(remote_id, "loss")) == 100  # really on the server
 
-    server.kill()
+    server.kill()  # the server's copy: RUNNING with steps 0-99
     for step in range(100, 200):
         t.log_metrics({"loss": float(step), "lr": 0.1}, step=step)
     t.log_artifact(weights, artifact_path="model")
     t.finish()
     parent.finish()
+    assert server.uri in caplog.text and t.status == "FINISHED"
 
-    assert server.uri in caplog.text
-    assert t.fell_back and t.run_id != remote_id
-    client = _client(_isolated, tracking.FALLBACK_DB)
-    run = client.get_run(t.run_id)
-    assert run.info.status == "FINISHED"
-    assert run.data.params == {"method.name": "moco", "seed": "3"}
-    assert run.data.tags[tracking.REMOTE_RUN_TAG] == remote_id
-    assert run.data.tags[tracking.FALLBACK_TAG] == server.uri
-    assert run.data.tags["config_hash"] == "k1"
+    local = _client(_isolated, tracking_store.OUTBOX_DB)
+    run = local.get_run(t.run_id)
+    assert run.info.status == "FINISHED" and run.data.tags[tracking_sync.SYNCED_TAG] == remote_id
+    assert run.data.params == {"method.name": "moco", "seed": "3"} and run.data.tags["config_hash"] == "k1"
     for key in ("loss", "lr"):
-        history = client.get_metric_history(t.run_id, key)
-        assert sorted(m.step for m in history) == list(range(200)), key
-    art = _isolated / tracking.FALLBACK_ARTIFACT_DIR / t.run_id / "artifacts"
-    assert (art / "before.json").exists()
-    assert (art / "model" / "encoder.pt").read_bytes() == weights.read_bytes()
-    assert find_finished_runs("suite-kill", "config_hash", "k1", tracking_uri=tracking.FALLBACK_URI) == [t.run_id]
-    # the child took its live parent along, so mlflow.parentRunId names a run of the same store
-    assert parent.fell_back and parent.run_id != remote_parent
-    assert run.data.tags["mlflow.parentRunId"] == parent.run_id
-    assert client.get_run(parent.run_id).data.tags[tracking.REMOTE_RUN_TAG] == remote_parent
-    assert client.get_run(parent.run_id).info.status == "FINISHED"
-
-
-@pytest.mark.slow
-def test_runs_that_fell_back_are_put_back_on_the_server_once_it_answers(_isolated, mlflow_server, capsys):
-    from harness.cli import main
-
-    server = mlflow_server()
-    parent = Tracker("suite-sync", "suite-invocation", tracking_uri=server.uri)
-    t = Tracker("suite-sync", "victim", tracking_uri=server.uri, parent_run_id=parent.run_id, tags={"config_hash": "s1"}, flush_seconds=600)
-    t.log_params({"seed": 3})
-    for step in range(10):
-        t.log_metrics({"loss": float(step)}, step=step)
-    t.flush()
-    remote_id, remote_parent = t.run_id, parent.run_id
-    server.kill()  # the server's copy: RUNNING with steps 0-9
-    for step in range(10, 20):
-        t.log_metrics({"loss": float(step)}, step=step)
-    t.log_dict({"r@1": 0.5}, "summary.json")
-    t.finish()
-    parent.finish()
-    assert t.fell_back
+        assert sorted(m.step for m in local.get_metric_history(t.run_id, key)) == list(range(200)), key
+    art = _isolated / tracking_store.OUTBOX_ARTIFACT_DIR / t.run_id / "artifacts"
+    assert (art / "before.json").exists() and (art / "model" / "encoder.pt").read_bytes() == weights.read_bytes()
 
     server = mlflow_server(again=server)
     assert main(["sync", "--tracking-uri", server.uri]) == 0
     assert "2 run(s) copied" in capsys.readouterr().out
     client = MlflowClient(server.uri)
-    run = client.get_run(remote_id)  # the server's own run, completed: not a second copy beside it
-    assert run.info.status == "FINISHED" and run.data.params == {"seed": "3"}
-    assert sorted(m.step for m in client.get_metric_history(remote_id, "loss")) == list(range(20))  # each step once
-    assert run.data.tags["mlflow.parentRunId"] == remote_parent and client.get_run(remote_parent).info.status == "FINISHED"
-    assert tracking.FALLBACK_TAG not in run.data.tags
-    assert [a.path for a in client.list_artifacts(remote_id)] == ["summary.json"]
-    assert find_finished_runs("suite-sync", "config_hash", "s1", tracking_uri=server.uri) == [remote_id]  # a rerun skips it
+    copy = client.get_run(remote_id)  # the server's own run, completed: not a second copy beside it
+    assert copy.info.status == "FINISHED" and copy.data.params == {"method.name": "moco", "seed": "3"}
+    for key in ("loss", "lr"):
+        assert sorted(m.step for m in client.get_metric_history(remote_id, key)) == list(range(200)), key  # each step once
+    assert copy.data.tags["mlflow.parentRunId"] == remote_parent and client.get_run(remote_parent).info.status == "FINISHED"
+    assert {a.path for a in client.list_artifacts(remote_id)} == {"before.json", "model"}
+    assert find_finished_runs("suite-kill", "config_hash", "k1", tracking_uri=server.uri) == [remote_id]  # a rerun skips it
     assert main(["sync", "--tracking-uri", server.uri]) == 0
     assert "0 run(s) copied" in capsys.readouterr().out
-    assert len(client.search_runs([client.get_experiment_by_name("suite-sync").experiment_id])) == 2
+    assert len(client.search_runs([client.get_experiment_by_name("suite-kill").experiment_id])) == 2
+
+
+@pytest.mark.slow
+def test_a_child_copied_before_its_parent_takes_the_parent_along(_isolated, healthy_server):
+    down = f"http://127.0.0.1:{free_port()}"  # the runs are kept in the outbox, then copied to the healthy server
+    with Tracker("suite-late", "parent", tracking_uri=down) as parent:
+        with Tracker("suite-late", "child", tracking_uri=down, parent_run_id=parent.run_id) as child:
+            pass
+    copied = tracking_sync.push_run(child.tracking_uri, child.run_id, healthy_server.uri)
+    server = MlflowClient(healthy_server.uri)
+    server_parent = server.get_run(copied).data.tags["mlflow.parentRunId"]
+    assert server.get_run(server_parent).info.run_name == "parent"
+    assert _client(_isolated, tracking_store.OUTBOX_DB).get_run(parent.run_id).data.tags[tracking_sync.SYNCED_TAG] == server_parent

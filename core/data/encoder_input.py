@@ -17,7 +17,8 @@ crop and flip) in this order:
    (0.5 = no motion), returned as it is: ImageNet statistics are RGB statistics.
 2. ``value_range`` (lo, hi): ``x * (hi - lo) + lo`` maps [0, 1] to the range the encoder was
    trained on ((0, 1) leaves it alone; C3D-style encoders trained on (0, 255)).
-3. ``normalize``: ImageNet mean/std, ``(x - mean) / std`` per channel.
+3. ``normalize``: ``(x - mean) / std`` per channel with the statistics ``stats`` names: ImageNet's
+   (every vsbench method) or Kinetics-400's (torchvision's video models).
 """
 
 from __future__ import annotations
@@ -27,11 +28,12 @@ from dataclasses import asdict, dataclass, field
 from torch import Tensor
 
 from core.data.modalities import residual_frames
-from core.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize
+from core.data.transforms import IMAGENET_MEAN, IMAGENET_STD, KINETICS_MEAN, KINETICS_STD, normalize
 
 __all__ = ["ENCODER_MODALITIES", "EncoderTraining", "InputConvention", "to_encoder_input", "training_stride"]
 
 ENCODER_MODALITIES = ("rgb", "residual", "flow")
+NORMALIZE_STATS = {"imagenet": (IMAGENET_MEAN, IMAGENET_STD), "kinetics": (KINETICS_MEAN, KINETICS_STD)}
 
 
 @dataclass(frozen=True)
@@ -40,7 +42,8 @@ class InputConvention:
 
     modality: str = "rgb"  # rgb | residual | flow
     value_range: tuple[float, float] = (0.0, 1.0)  # what [0, 1] pixel values are mapped to
-    normalize: bool = True  # ImageNet mean/std after the value range (never for flow)
+    normalize: bool = True  # mean/std after the value range (never for flow)
+    stats: str = "imagenet"  # whose mean/std: a key of NORMALIZE_STATS
 
     def __post_init__(self) -> None:
         if self.modality not in ENCODER_MODALITIES:
@@ -49,6 +52,8 @@ class InputConvention:
         if not hi > lo:
             raise ValueError(f"input value_range must be (low, high) with high > low, got {tuple(self.value_range)!r}")
         object.__setattr__(self, "value_range", (lo, hi))
+        if self.stats not in NORMALIZE_STATS:
+            raise ValueError(f"input stats must be one of {sorted(NORMALIZE_STATS)}, got {self.stats!r}")
         if self.modality == "flow" and self.normalize:
             raise ValueError("flow inputs are never ImageNet-normalised (those are RGB statistics): set normalize = false")
 
@@ -56,11 +61,14 @@ class InputConvention:
         """Plain values, for ``encoder.pt``, MLflow params and protocol hashes."""
         d = asdict(self)
         d["value_range"] = list(self.value_range)
+        if self.stats == "imagenet":  # the statistics every convention had before there was a choice: hashes unchanged
+            del d["stats"]
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "InputConvention":
-        return cls(modality=d["modality"], value_range=tuple(d["value_range"]), normalize=bool(d["normalize"]))
+        return cls(modality=d["modality"], value_range=tuple(d["value_range"]), normalize=bool(d["normalize"]),
+                   stats=d.get("stats", "imagenet"))
 
 
 def to_encoder_input(x: Tensor, convention: InputConvention) -> Tensor:
@@ -71,7 +79,7 @@ def to_encoder_input(x: Tensor, convention: InputConvention) -> Tensor:
     lo, hi = convention.value_range
     if (lo, hi) != (0.0, 1.0):
         x = x * (hi - lo) + lo
-    return normalize(x, IMAGENET_MEAN, IMAGENET_STD) if convention.normalize else x
+    return normalize(x, *NORMALIZE_STATS[convention.stats]) if convention.normalize else x
 
 
 @dataclass(frozen=True)

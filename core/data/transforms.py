@@ -76,6 +76,9 @@ import torch.nn.functional as F
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+#: torchvision's Kinetics-400 video models (``R3D_18_Weights.KINETICS400_V1`` and siblings) expect these.
+KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
+KINETICS_STD = (0.22803, 0.22145, 0.216989)
 GREY_WEIGHTS = (0.299, 0.587, 0.114)
 GREY_MODES = ("luma", "channel")
 BLUR_SIGMA_PER = ("clip", "batch")
