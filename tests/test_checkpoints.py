@@ -263,6 +263,16 @@ def test_numpy_argsort_ties_rank_as_iics_retrieval_script_does():
     assert torch.equal(gallery[ours], gallery[shared])  # ... with the same features
 
 
+@pytest.mark.parametrize("paper", ["iic", "mscl", "dclr"])
+def test_every_paper_protocol_is_a_valid_eval_config_that_changes_a_hash(paper):
+    from core.config import from_dict
+    from evaluation.evaluate import EvalConfig, paper_protocol, protocol_tags
+
+    changed = protocol_tags(from_dict(EvalConfig, paper_protocol(paper)))
+    shared = protocol_tags(EvalConfig())
+    assert set(changed) == set(shared) and changed != shared
+
+
 def test_the_iic_paper_protocol_is_iics_retrieval_setting_and_the_set_values_win(tmp_path, monkeypatch, capsys, tiny_state):
     from core.config import from_dict, merge_tables
     from evaluation.evaluate import EvalConfig, paper_protocol
@@ -272,7 +282,7 @@ def test_the_iic_paper_protocol_is_iics_retrieval_setting_and_the_set_values_win
     assert (f.clips, f.frames, f.stride, f.layer, f.modality, f.normalize_input, f.value_range) == (
         10, 16, 1, "conv5_maxpool", "residual", False, (0.0, 1.0))
     assert config.retrieval.ties == "numpy_argsort" and config.finetune.epochs == 150 and not config.finetune.flip
-    with pytest.raises(Exception, match="no paper protocol 'vcop'; available: iic"):
+    with pytest.raises(Exception, match="no paper protocol 'vcop'; available: .*iic"):
         paper_protocol("vcop")
     monkeypatch.chdir(tmp_path)
     ucf = write_ucf_like(tmp_path / "ucf", {"MoveLeft": 3, "MoveRight": 3})
