@@ -281,24 +281,30 @@ def _check_before_running(suite: Suite, registered: list[str], rows: list[tuple[
             build_config(get_method(method), args)
         except ConfigError as err:
             raise ConfigError(f"{suite.path}: row {row!r}: {err}") from err
+    rows_of = {}
     for i, ext in enumerate(suite.checkpoints):
-        _check_external(suite, i, ext)
+        row = (_check_external(suite, i, ext), ext.backbone)
+        if row in rows_of:  # one table row: the second would silently replace the first's values
+            raise ConfigError(f"{suite.path}: checkpoints[{rows_of[row]}] and checkpoints[{i}] are both row {row[0]!r} on "
+                              f"{row[1]}; list each file once per backbone (a paper protocol goes in the same entry)")
+        rows_of[row] = i
     _check_against_data(suite)
 
 
-def _check_external(suite: Suite, index: int, ext: ExternalCheckpoint) -> None:
+def _check_external(suite: Suite, index: int, ext: ExternalCheckpoint) -> str:
     """An external checkpoint row loads: a known format and backbone, every key mapped, none
-    missing, every shape equal (the file is read, nothing is written)."""
+    missing, every shape equal (the file is read, nothing is written); returns its row label."""
     from backbones import load_external
     from backbones.checkpoints import get_format, parse_key_map
     from evaluation.evaluate import resolve_all
 
     try:
-        load_external(ext.file, ext.format, ext.backbone, key_map=parse_key_map(ext.key_map))
+        _, report = load_external(ext.file, ext.format, ext.backbone, key_map=parse_key_map(ext.key_map))
         for paper in (None, ext.paper_protocol) if ext.paper_protocol else (None,):  # without a record, [eval] must set stride and input
             resolve_all(eval_config(suite, paper), get_format(ext.format).training())
     except (ValueError, KeyError, FileNotFoundError) as err:
         raise ConfigError(f"{suite.path}: checkpoints[{index}] ({ext.file}): {err}") from err
+    return report.label
 
 
 def _check_against_data(suite: Suite) -> None:
@@ -430,8 +436,7 @@ def run_suite(path: str | Path, *, contents: dict | None = None, force: bool = F
                     with _foreign_checkpoint_needs_force(_reference_name(row, backbone, seed)):
                         records.append(_reference_row(row, backbone, seed, suite, evaluation, parent.run_id, force, tracking_uri))
         for ext in suite.checkpoints:
-            for seed in suite.seeds:
-                records += _external_row(ext, seed, suite, evaluation, parent.run_id, force, tracking_uri)
+            records += _external_rows(ext, suite, evaluation, parent.run_id, force, tracking_uri)
         records.append({"row": "table", "report": _report(suite, experiment, parent, tracking_uri, command)})
     return records
 
@@ -574,10 +579,10 @@ def _reference_row(row: str, backbone: str, seed: int, suite: Suite, evaluation,
         return {"row": row, "run_id": tracker.run_id, "skipped": False}
 
 
-def _external_row(ext: ExternalCheckpoint, seed: int, suite: Suite, evaluation, parent_id: str, force: bool, tracking_uri) -> list[dict]:
-    """An external checkpoint made into an encoder.pt (harness.external) and evaluated with the
-    suite's protocols, fine-tuning included, and with its ``paper_protocol`` if it names one; the
-    row is named by the file's name and hash."""
+def _external_rows(ext: ExternalCheckpoint, suite: Suite, evaluation, parent_id: str, force: bool, tracking_uri) -> list[dict]:
+    """An external checkpoint made into an encoder.pt once (harness.external), then evaluated for
+    every seed with the suite's protocols, fine-tuning included, and with its ``paper_protocol`` if
+    it names one; the row is named by the file's name and hash."""
     from backbones.checkpoints import parse_key_map
     from harness.external import import_checkpoint
 
@@ -586,7 +591,7 @@ def _external_row(ext: ExternalCheckpoint, seed: int, suite: Suite, evaluation, 
                                      root=Path(pretrain.output_dir) / "external")
     protocols = [(None, evaluation)] + ([(ext.paper_protocol, eval_config(suite, ext.paper_protocol))] if ext.paper_protocol else [])
     return [_evaluate_external(ext, path, report, seed, suite, pretrain, paper, config, parent_id, force, tracking_uri)
-            for paper, config in protocols]
+            for seed in suite.seeds for paper, config in protocols]
 
 
 def _evaluate_external(ext: ExternalCheckpoint, path: Path, report, seed: int, suite: Suite, pretrain: PretrainConfig,

@@ -317,3 +317,21 @@ def test_a_checkpoint_row_with_a_paper_protocol_gets_its_own_columns(tmp_path, m
     assert set(knn) == {"shared", "iic"} and knn["shared"] != knn["iic"]
     header = Path(records[-1]["report"]["markdown"]).read_text().split("\n| :")[0].splitlines()[-1]
     assert header.count("kNN top-1 [") == 2  # one column per protocol hash
+
+
+def test_the_same_checkpoint_twice_on_one_backbone_is_refused_before_anything_runs(tmp_path, monkeypatch, tiny_state):
+    """Two entries would be one table row, the second run's values replacing the first's."""
+    from core.config import ConfigError
+    from harness.suite import run_suite
+
+    monkeypatch.chdir(tmp_path)
+    ucf = write_ucf_like(tmp_path / "ucf", {"MoveLeft": 3, "MoveRight": 3})
+    path = _save(tmp_path, {f"encoder.{k}": v for k, v in tiny_state.items()}, "theirs.pt")
+    said = "\nstride = 1\nmodality = \"rgb\"\nnormalize_input = true\nvalue_range = [0.0, 1.0]\n"
+    entry = SUITE.format(data=ucf, file=path.name).split("[[checkpoints]]")[1] + 'key_map = ["encoder\\\\.(.*)=\\\\1"]\n'
+    suite = tmp_path / "ext.toml"
+    suite.write_text(SUITE.format(data=ucf, file=path.name).replace("crop = 32\n", "crop = 32" + said).split("[[checkpoints]]")[0]
+                     + "[[checkpoints]]" + entry + "\n[[checkpoints]]" + entry.replace("\\\\1", "\\\\g<1>"))
+    with pytest.raises(ConfigError, match=rf"checkpoints\[0\] and checkpoints\[1\] are both row 'theirs.pt@{file_sha256(path)[:12]}' on r3d_tiny"):
+        run_suite(suite)
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "mlflow.db").exists()
