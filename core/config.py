@@ -160,8 +160,26 @@ def check_bounds(config: Any, bounds: dict[str, Bound]) -> None:
 
 
 def to_dict(config: Any) -> dict:
-    """A (nested) dataclass config as plain data."""
-    return dataclasses.asdict(config)
+    """A (nested) dataclass config as plain data, without the fields of :data:`LATER_FIELDS` that
+    hold the value every config had before the field existed (so earlier hashes stay the same)."""
+    data = dataclasses.asdict(config)
+    _drop_later_defaults(config, data)
+    return data
+
+
+#: Fields added to a config class after its hashes were published (run folders, checkpoints and
+#: suite memos are keyed by them): class -> {field: values it is left out of :func:`to_dict` at}.
+LATER_FIELDS: dict[type, dict[str, tuple]] = {}
+
+
+def _drop_later_defaults(config: Any, data: dict) -> None:
+    later = LATER_FIELDS.get(type(config), {})
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if f.name in later and value in later[f.name]:
+            del data[f.name]
+        elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+            _drop_later_defaults(value, data[f.name])
 
 
 def config_hash(data: Any) -> str:
@@ -194,16 +212,27 @@ class DataConfig:
     """Which data set to pretrain on, and how to read it."""
 
     path: str = ""  # a UCF101/HMDB51 root or a CSV list (see `vsbench data check`)
-    format: str = "auto"  # auto | ucf101 | hmdb51 | csv
+    format: str = "auto"  # auto | ucf101 | hmdb51 | csv | ssv2 | diving48 | kinetics (core.data.datasets.FORMATS)
     split: int = 1
     subset: str = "train"
     workers: int = 4  # DataLoader worker processes
     cache_gb: float = 0.0  # keep decoded videos in memory, up to this many GB (core.data.cache); 0 = off
     backend: str = "decord"  # decord | pyav
     flow_root: str | None = None  # flow cache for methods that use flow (default <path>/flow)
+    # low-shot: train on this many readable videos of the subset, drawn class-balanced by
+    # core.data.subset.draw_videos (the fine-tune protocol's train_videos); None: every video
+    train_videos: int | None = None
+    train_videos_seed: int = 0  # the draw's seed (a protocol constant, not the run's seed)
+    missing: str = "skip"  # a listed video not on disk (Kinetics): skip | error; other formats always refuse one
 
     def __post_init__(self) -> None:
-        check_bounds(self, {"split": Bound(1, integer=True), "workers": Bound(0, integer=True), "cache_gb": Bound(0)})
+        check_bounds(self, {"split": Bound(1, integer=True), "workers": Bound(0, integer=True), "cache_gb": Bound(0),
+                            "train_videos": Bound(1, integer=True), "train_videos_seed": Bound(0, integer=True)})
+        if self.missing not in ("skip", "error"):
+            raise ConfigError(f"data.missing: expected 'skip' or 'error', got {self.missing!r}")
+
+
+LATER_FIELDS[DataConfig] = {"train_videos": (None,), "train_videos_seed": (0,), "missing": ("skip",)}
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from core.preemption import Preempted
 from core.tracking_store import (absolute_sqlite, artifact_root, experiment_id, is_local, open_client, outbox_uri, probe,
                                  resolve_tracking_uri, sqlite_path)
 from core.tracking_sync import COMPLETE_TAG, PARENT_TAG, SERVER_TAG, push_run
@@ -199,7 +200,7 @@ class Tracker:
         if not self.enabled:
             return
         uri = absolute_sqlite(self.tracking_uri, Path.cwd())
-        self.server, self.tracking_uri = (None, uri) if is_local(uri) else (uri, outbox_uri(Path.cwd()))
+        self.server, self.tracking_uri = (None, uri) if is_local(uri) else (uri, outbox_uri())
         self._flush_every, self._flush_seconds, self._written_at = max(1, int(flush_every)), float(flush_seconds), time.monotonic()
         self._buffer, self._params, self._keys, self._logged_through = [], {}, {}, {}  # _logged_through: metric -> last step held
         self._truncated, self._bad_keys, self._pid, self._push_failed = set(), set(), os.getpid(), False
@@ -372,10 +373,10 @@ class Tracker:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
-        if exc_type is None or issubclass(exc_type, SystemExit) and exc.code in (0, None):
-            self.finish("FINISHED")
-        elif issubclass(exc_type, KeyboardInterrupt):
+        if issubclass(exc_type or type(None), (KeyboardInterrupt, Preempted)):  # requeued by the scheduler: resumed later
             self.finish("KILLED")
+        elif exc_type is None or issubclass(exc_type, SystemExit) and exc.code in (0, None):
+            self.finish("FINISHED")
         else:
             self.set_tags({ERROR_TAG: f"{exc_type.__name__}: {exc}"})
             self.finish("FAILED")
@@ -421,7 +422,7 @@ def end_abandoned_run(run_id: str, *, tracking_uri: str | None = None) -> bool:
     from mlflow.exceptions import MlflowException
 
     uri = absolute_sqlite(resolve_tracking_uri(tracking_uri), Path.cwd())
-    local = uri if is_local(uri) else outbox_uri(Path.cwd())
+    local = uri if is_local(uri) else outbox_uri()
     client = _reading_client(local)
     try:
         if client is None or client.get_run(run_id).info.status != "RUNNING":
@@ -454,7 +455,7 @@ def find_finished_runs(experiment: str, tag: str, value: str, *, tracking_uri: s
     working folder's outbox (with a warning), so a rerun does not train again what ended while it was down."""
     uri = server = absolute_sqlite(resolve_tracking_uri(tracking_uri), Path.cwd())
     if why := probe(uri):
-        uri = outbox_uri(Path.cwd())
+        uri = outbox_uri()
         log.warning("MLflow tracking server %s is unreachable (%s); looking for finished runs of %r in the outbox %s", server, why,
                     experiment, uri)
     value = str(value)

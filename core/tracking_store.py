@@ -4,8 +4,9 @@
   ``MLFLOW_TRACKING_URI`` names another (explicit > environment > default). Relative sqlite paths
   are made absolute when a tracker starts, so a later ``chdir`` keeps the store.
 - A run tracked for a server is written to the working folder's outbox store first
-  (``mlflow-outbox.db``, artifacts in ``mlartifacts-outbox``) and copied to the server from there
-  (:mod:`core.tracking_sync`), so a server that is down loses nothing.
+  (``mlflow-outbox.db``, artifacts in ``mlartifacts-outbox``; a cluster job's own folder instead,
+  ``$VSBENCH_OUTBOX_DIR``) and copied to the server from there (:mod:`core.tracking_sync`), so a
+  server that is down loses nothing.
 - A new sqlite store is created and migrated by MLflow on first open; two processes doing that at
   once break it, so a sqlite store is opened under an ``flock`` on ``<db>.lock``.
 - A server gets a ``GET /health`` probe before use and a short HTTP retry budget
@@ -67,8 +68,13 @@ def is_local(uri: str) -> bool:
     return scheme in ("", "file", "sqlite") or len(scheme) == 1
 
 
-def outbox_uri(folder: Path) -> str:
-    """The outbox store of runs tracked for a server from ``folder``."""
+OUTBOX_DIR_VARIABLE = "VSBENCH_OUTBOX_DIR"  # set by a cluster job: an outbox of its own, not one shared by many nodes
+
+
+def outbox_uri(folder: Path | None = None) -> str:
+    """The outbox store of runs tracked for a server: in ``folder``, else in ``$VSBENCH_OUTBOX_DIR``
+    (a cluster job's own folder), else in the working folder."""
+    folder = folder or Path(os.environ.get(OUTBOX_DIR_VARIABLE) or ".")
     return f"sqlite:///{folder.resolve() / OUTBOX_DB}"
 
 

@@ -1,4 +1,4 @@
-"""Copying runs of the outbox store to their tracking server.
+"""Copying runs of the outbox store to their tracking server, and of cluster jobs' stores to the main one.
 
 A run tracked for a server is written to the outbox store of its working folder
 (:mod:`core.tracking_store`) and tagged ``vsbench.server`` with the server's URI. :func:`push_run`
@@ -11,6 +11,9 @@ run when it starts, at every flush and when it ends; a server that is down then 
 copy: :func:`sync_outbox` copies every run not complete, before a suite starts
 (:func:`sync_if_needed`) and on demand (``vsbench sync``). One copy at a time per outbox
 (``<outbox>.sync.lock``), so two processes never create the same server run twice.
+
+Cluster jobs without a server each write a sqlite store of their own (SQLite must not be written
+from many nodes at once); :func:`merge_stores` copies their ended runs into the main store the same way.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ import tempfile
 from pathlib import Path
 
 from core.io import file_lock
-from core.tracking_store import OUTBOX_DB, experiment_id, is_local, open_client, probe, resolve_tracking_uri
+from core.tracking_store import (OUTBOX_DB, absolute_sqlite, artifact_root, experiment_id, is_local, open_client, outbox_uri, probe, resolve_tracking_uri,
+                                 sqlite_path)
 
 log = logging.getLogger(__name__)
 PARENT_TAG = "mlflow.parentRunId"
@@ -47,15 +51,32 @@ def sync_outbox(server_uri: str, *, outbox: str | Path = OUTBOX_DB) -> dict[str,
         return {}
     if why := probe(server_uri):
         raise ConnectionError(f"tracking server {server_uri} does not answer ({why}); the runs stay in {outbox}")
-    local_uri = f"sqlite:///{outbox.resolve()}"
+    return _copy_store(outbox, server_uri, f"tags.`{SERVER_TAG}` = '{server_uri}'")
+
+
+def merge_stores(stores: list[Path], target_uri: str) -> dict[str, str]:
+    """Copy the ended runs of other sqlite ``stores`` (a cluster job's own, which only that job
+    wrote) into the store ``target_uri``, as :func:`sync_outbox` copies to a server: each run once,
+    complete, its parent link kept; returns {store run id: target run id} of the runs copied now.
+    A run still RUNNING is left for a later merge."""
+    copied, target_uri = {}, absolute_sqlite(target_uri, Path.cwd())  # MLflow keeps one engine per URI text: never a relative one
+    for store in stores:
+        copied |= _copy_store(store, target_uri, "attributes.status != 'RUNNING'")
+    return copied
+
+
+def _copy_store(store: Path, target_uri: str, filter_string: str) -> dict[str, str]:
+    """Copy the runs of ``store`` that match ``filter_string`` and are not complete, oldest first."""
+    local_uri = f"sqlite:///{Path(store).resolve()}"
     with _sync_lock(local_uri):
-        local, server = open_client(local_uri), open_client(server_uri)
+        local, target = open_client(local_uri), open_client(target_uri)
         experiments = [e.experiment_id for e in local.search_experiments()]
-        runs = local.search_runs(experiments, f"tags.`{SERVER_TAG}` = '{server_uri}'", max_results=50_000) if experiments else []
+        runs = local.search_runs(experiments, filter_string, max_results=50_000) if experiments else []
         pending = sorted((r for r in runs if COMPLETE_TAG not in r.data.tags), key=lambda r: r.info.start_time or 0)
-        copied = {r.info.run_id: _copy(local, server, r.info.run_id) for r in pending}
-    for local_id, server_id in copied.items():
-        log.info("copied run %s of %s to %s as run %s", local_id, outbox, server_uri, server_id)
+        artifacts = artifact_root(target_uri)
+        copied = {r.info.run_id: _copy(local, target, r.info.run_id, artifacts) for r in pending}
+    for local_id, target_id in copied.items():
+        log.info("copied run %s of %s to %s as run %s", local_id, store, target_uri, target_id)
     return copied
 
 
@@ -63,10 +84,11 @@ def sync_if_needed(tracking_uri: str | None) -> dict[str, str]:
     """Before a suite: copy the working folder's outbox to the tracking server when it answers, so
     runs that ended while it was down count as done (a server still down leaves them where they are)."""
     uri = resolve_tracking_uri(tracking_uri)
-    if is_local(uri) or not Path(OUTBOX_DB).exists():
+    outbox = sqlite_path(outbox_uri())
+    if is_local(uri) or not outbox.exists():
         return {}
     try:
-        return sync_outbox(uri)
+        return sync_outbox(uri, outbox=outbox)
     except ConnectionError as err:
         log.warning("%s", err)
         return {}
@@ -77,15 +99,15 @@ def _sync_lock(local_uri: str):
     return file_lock(db.with_name(db.name + ".sync.lock"), timeout=SYNC_LOCK_TIMEOUT_S)
 
 
-def _copy(local, server, run_id: str) -> str:
+def _copy(local, server, run_id: str, artifacts: Path | None = None) -> str:
     """Write what the server lacks of the local run ``run_id``; returns its server run id."""
     from mlflow.entities import Metric, Param, RunTag
 
     run = local.get_run(run_id)
     tags = {k: v for k, v in run.data.tags.items() if k not in _NOT_COPIED}
     if parent := run.data.tags.get(PARENT_TAG):
-        tags[PARENT_TAG] = _server_parent(local, server, parent)
-    target = _server_run(local, server, run, tags)
+        tags[PARENT_TAG] = _server_parent(local, server, parent, artifacts)
+    target = _server_run(local, server, run, tags, artifacts)
     held = server.get_run(target).data
     params = [Param(k, v) for k, v in run.data.params.items() if k not in held.params]
     metrics = []
@@ -104,7 +126,7 @@ def _copy(local, server, run_id: str) -> str:
     return target
 
 
-def _server_parent(local, server, parent: str) -> str:
+def _server_parent(local, server, parent: str, artifacts: Path | None) -> str:
     """The server id of a run's parent, copying the parent first if it never was."""
     from mlflow.exceptions import MlflowException
 
@@ -112,10 +134,10 @@ def _server_parent(local, server, parent: str) -> str:
         held = local.get_run(parent).data.tags
     except MlflowException:
         return parent  # not in the outbox: a server run already
-    return held.get(SYNCED_TAG) or _copy(local, server, parent)
+    return held.get(SYNCED_TAG) or _copy(local, server, parent, artifacts)
 
 
-def _server_run(local, server, run, tags: dict[str, str]) -> str:
+def _server_run(local, server, run, tags: dict[str, str], artifacts: Path | None) -> str:
     """The server run that ``run`` was copied to before, else a new one (recorded on the local run)."""
     from mlflow.exceptions import MlflowException
 
@@ -125,7 +147,7 @@ def _server_run(local, server, run, tags: dict[str, str]) -> str:
         except MlflowException:
             log.warning("the server no longer holds run %s, where run %s was copied; copying it as a new run", earlier, run.info.run_id)
     experiment = local.get_experiment(run.info.experiment_id).name
-    created = server.create_run(experiment_id(server, experiment, None), start_time=run.info.start_time, tags=tags,
+    created = server.create_run(experiment_id(server, experiment, artifacts), start_time=run.info.start_time, tags=tags,
                                 run_name=run.info.run_name)
     local.set_tag(run.info.run_id, SYNCED_TAG, created.info.run_id)
     return created.info.run_id

@@ -32,7 +32,7 @@ from evaluation.probes import load_bias_alignment, motion_probe, static_bias_gap
 from evaluation.protocols import EncoderTraining, FeatureProtocol, FinetuneProtocol, KNNProtocol, LinearProtocol, RetrievalProtocol, resolve
 from evaluation.retrieval import evaluate_retrieval, topk_neighbours
 from core.config import ConfigError, DataConfig
-from core.data.datasets import DatasetError, VideoDataset, open_dataset
+from core.data.datasets import DatasetError, VideoDataset, open_data
 from core.data.video import read_frames
 
 log = logging.getLogger(__name__)
@@ -111,8 +111,8 @@ def eval_data(data: DataConfig, config: EvalConfig) -> tuple[VideoDataset, Video
     (header and packet count, first frame only; no clip is decoded here) once, and its data set
     index caches the result, so a second check only reads the index."""
     split = config.features.split
-    train = open_dataset(data.path, format=data.format, split=split, subset="train", progress=False)
-    test = open_dataset(data.path, format=data.format, split=split, subset="test", progress=False)
+    train = open_data(data, subset="train", split=split)
+    test = open_data(data, subset="test", split=split)
     _check_gallery(config, len(train), f"the train split {split} of {data.path}")
     _check_decodable([train, test], data.path)
     return train, test

@@ -4,10 +4,12 @@ Training runs through a :data:`Trainer` the caller hands in (the engine passes
 ``harness.train.train_classifier``: its own loop with the ``supervised`` method, backbone + linear
 head, cross-entropy, crop-and-flip augmentation), so AMP, DDP and checkpoints are the same as in
 pretraining, and evaluation never imports the engine. Started from a pretrained encoder it is fine-tuning; started from random weights it
-is the "supervised" reference row.
+is the "supervised" reference row. With ``train_videos`` set (low-shot, as SEVERE's 1000 videos)
+it trains on that many videos of the train split, drawn class-balanced by a fixed rule
+(:func:`core.data.subset.draw_videos`): the same subset for every run, seed and machine.
 
-Testing visits every test video once (no dropped tail), takes ``test_clips`` uniformly spaced
-clips (VCOP/IIC centres) with a deterministic centre crop, and reports
+Testing visits every test video once (no dropped tail; the test split is never subsampled), takes
+``test_clips`` uniformly spaced clips (VCOP/IIC centres) with a deterministic centre crop, and reports
 
 - ``video_top1``: softmax averaged over the clips of a video, then argmax (as SEVERE does;
   IIC's own script averages raw logits instead);
@@ -28,7 +30,7 @@ from evaluation.features import crop_clips
 from evaluation.protocols import EncoderTraining, FinetuneProtocol, resolve
 from core.uncertainty import with_interval
 from core.config import DataConfig, PretrainConfig
-from core.data.datasets import VideoDataset, open_dataset
+from core.data.datasets import VideoDataset, open_data
 from core.data.encoder_input import to_encoder_input
 from core.data.loader import make_loader
 from core.data.request import LoadRequest
@@ -49,12 +51,15 @@ Trainer = Callable[[PretrainConfig], TrainedClassifier]  # trains the config of 
 
 def finetune_config(protocol: FinetuneProtocol, *, backbone: str, data: DataConfig, num_classes: int, init_encoder: str | None,
                     seed: int, device: str, output_dir: str, run_name: str) -> PretrainConfig:
-    """The training config of the fine-tune protocol (the ``supervised`` method on the train split);
-    ``protocol`` must be resolved against the encoder (:func:`evaluation.protocols.resolve`): the
-    classifier is fed as the encoder was trained."""
+    """The training config of the fine-tune protocol (the ``supervised`` method on the train split,
+    or on ``protocol.train_videos`` videos drawn from it: low-shot); ``protocol`` must be resolved
+    against the encoder (:func:`evaluation.protocols.resolve`): the classifier is fed as the
+    encoder was trained."""
     convention = protocol.input_convention()
     return PretrainConfig(
-        method="supervised", backbone=backbone, data=dataclasses.replace(data, split=protocol.split, subset="train"),
+        method="supervised", backbone=backbone,
+        data=dataclasses.replace(data, split=protocol.split, subset="train", train_videos=protocol.train_videos,
+                                 train_videos_seed=protocol.train_videos_seed),
         method_args={"num_classes": num_classes, "frames": protocol.frames, "crop": protocol.crop, "stride": protocol.stride,
                      "flip": protocol.flip, "crop_scale": protocol.crop_scale, "modality": convention.modality,
                      "value_range": convention.value_range, "normalize": convention.normalize},
@@ -107,7 +112,7 @@ def run_finetune(protocol: FinetuneProtocol, *, backbone: str, data: DataConfig,
     evaluates it with the other protocols)."""
     protocol = resolve(protocol, trained if init_encoder is not None else trained or EncoderTraining())
 
-    test = open_dataset(data.path, format=data.format, split=protocol.split, subset="test", progress=False)
+    test = open_data(data, subset="test", split=protocol.split)
     config = finetune_config(protocol, backbone=backbone, data=data, num_classes=len(test.classes), init_encoder=init_encoder,
                              seed=seed, device=device, output_dir=str(output_dir), run_name=run_name)
     classifier = trainer(config)

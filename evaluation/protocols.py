@@ -48,7 +48,7 @@ class Protocol:
 
 #: Fields added after protocols were published, left out of a hash at these values (what every
 #: protocol did before the field existed), so every earlier hash stays what it was.
-_LATER_FIELDS = {"normalize_stats": (None, "imagenet"), "ties": ("lowest_index",)}
+_LATER_FIELDS = {"normalize_stats": (None, "imagenet"), "ties": ("lowest_index",), "train_videos": (None,), "train_videos_seed": (0,)}
 
 
 def _without_later_defaults(d: dict) -> dict:
@@ -134,7 +134,11 @@ class LinearProtocol(Protocol):
 class FinetuneProtocol(Protocol):
     """Fine-tuning: the whole network plus a linear head, trained on the train split with labels
     through the harness's loop; tested on every test video with ``test_clips`` uniformly spaced
-    clips (centre crop), softmax averaged over clips (video level) and per clip (clip level)."""
+    clips (centre crop), softmax averaged over clips (video level) and per clip (clip level).
+
+    Low-shot (SEVERE's 1000 UCF101 videos): ``train_videos`` trains on that many readable videos
+    of the train split, drawn class-balanced with ``train_videos_seed``, the same subset for every
+    run, seed and machine (:func:`core.data.subset.draw_videos`); the test split stays whole."""
 
     name = "finetune"
     split: int = 1
@@ -156,10 +160,16 @@ class FinetuneProtocol(Protocol):
     normalize_input: bool | None = None  # None: as the encoder was trained
     value_range: tuple[float, float] | None = None  # None: the encoder's
     normalize_stats: str | None = None  # imagenet | kinetics; None: the encoder's
+    train_videos: int | None = None  # low-shot: train on this many videos of the train split; None: all of them
+    train_videos_seed: int = 0  # the draw's seed: a protocol constant, not the run's seed
 
     def __post_init__(self) -> None:
         _check_stride(self.stride)
         _check_input(self)
+        if self.train_videos is not None and (isinstance(self.train_videos, bool) or not isinstance(self.train_videos, int) or self.train_videos < 1):
+            raise ValueError(f"train_videos must be a positive integer or None (the whole train split), got {self.train_videos!r}")
+        if isinstance(self.train_videos_seed, bool) or not isinstance(self.train_videos_seed, int) or self.train_videos_seed < 0:
+            raise ValueError(f"train_videos_seed must be an integer >= 0, got {self.train_videos_seed!r}")
         if self.modality == "flow":
             raise ValueError("modality: fine-tuning reads RGB frames (rgb, or residual computed from them); flow is not supported")
 

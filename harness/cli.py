@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import logging
 import shlex
 import sys
 from pathlib import Path
@@ -72,9 +71,17 @@ def _cmd_synth(args) -> int:
     return 0
 
 
+def _data_formats() -> tuple[str, ...]:
+    """The data set formats (core.data.datasets.FORMATS), imported when a parser is built."""
+    from core.data.datasets import FORMATS
+
+    return FORMATS
+
+
 def _add_dataset_args(p) -> None:
-    p.add_argument("data", help="data set: a UCF101/HMDB51 root (videos + official split files) or a CSV list")
-    p.add_argument("--format", default="auto", choices=("auto", "ucf101", "hmdb51", "csv"), help="data set format (default: detect)")
+    p.add_argument("data", help="data set: the root of a UCF101/HMDB51/Something-Something v2/Diving48/Kinetics copy "
+                   "(videos + official list files) or a CSV list")
+    p.add_argument("--format", default="auto", choices=_data_formats(), help="data set format (default: detect)")
 
 
 def _add_data_check(sub) -> None:
@@ -287,6 +294,8 @@ def _cmd_pretrain(args) -> int:
 
 
 def _add_run(commands) -> None:
+    from harness.launch import LAUNCHERS
+
     p = commands.add_parser(
         "run",
         help="run a benchmark suite (TOML) end to end",
@@ -307,7 +316,15 @@ def _add_run(commands) -> None:
                    help="check everything as a run would, print the runs with their resolved configs and exit; nothing is "
                    "trained or written to MLflow or the run folders (opening the data may refresh its frame-count index, "
                    "vsbench_index.json), and whether a run finished before is not looked up")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: the suite's tracking_uri, MLFLOW_TRACKING_URI or "
+                   "sqlite:///mlflow.db)")
+    p.add_argument("--launcher", choices=LAUNCHERS, default="local",
+                   help="local (default): run the jobs here, one after another; slurm: submit each job not done or under way "
+                   "as a SLURM job through submitit, with the suite's [slurm] resources (--set slurm.partition=gpu "
+                   "--set slurm.gpus_per_node=8 ...; docs/scale.md), and return; submitit-local: the same path with each job a "
+                   "process on this machine. Calling it again is safe: jobs under way are not submitted twice")
+    p.add_argument("--wait", action="store_true",
+                   help="with --launcher slurm or submitit-local: wait for the jobs to end, then print the table")
     p.set_defaults(func=_cmd_run)
 
 
@@ -321,14 +338,18 @@ def _cmd_run(args) -> int:
         return 0
     options = [part for value in args.set for part in ("--set", value)] + (["--force"] if args.force else [])
     command = shlex.join(["vsbench", "run", str(args.suite), *options])
-    records = run_suite(args.suite, contents=contents, force=args.force, tracking_uri=args.tracking_uri, command=command)
+    if args.wait and args.launcher == "local":
+        raise UserError("--wait waits for submitted jobs: use it with --launcher slurm or submitit-local")
+    records = run_suite(args.suite, contents=contents, force=args.force, tracking_uri=args.tracking_uri, command=command,
+                        launcher=args.launcher, wait=args.wait)
     runs = [r for r in records if "run_id" in r]
-    done = sum(not r["skipped"] for r in runs)
-    print(f"suite {args.suite}: {done} runs done now, {len(runs) - done} skipped (finished before)")
+    if args.launcher == "local":
+        done = sum(not r["skipped"] for r in runs)
+        print(f"suite {args.suite}: {done} runs done now, {len(runs) - done} skipped (finished before)")
     for r in records:
         if "report" in r:
             print(f"table: {', '.join(r['report'].values())}")
-    return 0
+    return 1 if any(r.get("failed") for r in records) else 0
 
 
 def _add_eval(commands) -> None:
@@ -354,7 +375,7 @@ def _add_eval(commands) -> None:
                    help="with --checkpoint-format: rename keys matching the regular expression (whole key; \\1 groups) "
                    "before the format's own rules; an empty replacement drops them. Repeatable.")
     p.add_argument("--data", required=True, help="data set path (train split = gallery/training set, test split = queries)")
-    p.add_argument("--format", default="auto", choices=("auto", "ucf101", "hmdb51", "csv"))
+    p.add_argument("--format", default="auto", choices=_data_formats())
     p.add_argument("--protocols", default="retrieval,linear,knn,probe", help="comma list of retrieval, linear, knn, probe, finetune")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="EvalConfig keys, e.g. --set features.clips=5 --set features.layer=conv5_maxpool --set finetune.epochs=10")
@@ -435,12 +456,26 @@ def _add_table(commands) -> None:
     p.add_argument("experiment", help="MLflow experiment, e.g. smoke")
     p.add_argument("--out", type=Path, default=Path("runs/report"), help="folder for table.md, table.csv and plots")
     p.add_argument("--tracking-uri", help="MLflow tracking URI")
+    p.add_argument("--job-stores", type=Path, metavar="FOLDER",
+                   help="a suite's cluster folder (<output_dir>/slurm): first copy the runs of its jobs' own stores "
+                   "(stores/<job>/mlflow.db, written when no tracking server was named) into the store read here")
     p.set_defaults(func=_cmd_table)
 
 
 def _cmd_table(args) -> int:
     from harness.report import format_table_text, report_experiment
     from core.tracking import runs_frame
+
+    if args.job_stores is not None:
+        from core.tracking_store import resolve_tracking_uri
+        from core.tracking_sync import merge_stores
+        from harness.launch import job_stores
+
+        stores = job_stores(args.job_stores)
+        if not stores:
+            raise UserError(f"{args.job_stores}: no job stores (stores/<job>/mlflow.db) in this folder; it is the [slurm] folder "
+                            "of a suite run with --launcher slurm (default <output_dir>/slurm)")
+        print(f"{len(merge_stores(stores, resolve_tracking_uri(args.tracking_uri)))} run(s) copied from {len(stores)} job store(s)")
 
     if runs_frame(args.experiment, tracking_uri=args.tracking_uri).empty:
         raise UserError(f"experiment {args.experiment!r} has no runs in {args.tracking_uri or 'the default store'}")
@@ -550,7 +585,9 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``vsbench`` console script."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from harness.launch import configure_logging
+
+    configure_logging()
     args = build_parser().parse_args(argv)  # before the imports below (torch, timm), so that --help answers at once
     from core.config import ConfigError, UnknownNameError
     from core.data.datasets import DatasetError

@@ -73,6 +73,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -242,10 +243,22 @@ def _first_seen(values: Iterable) -> list:
     return list(dict.fromkeys(values))
 
 
+def low_shot_label(row: str, n: int) -> str:
+    """The table row of ``row``'s encoder fine-tuned on ``n`` labelled training videos (a suite's ``low_shot``)."""
+    return f"{row} (fine-tune on {n})"
+
+
+_LOW_SHOT = re.compile(r" \(fine-tune on \d+\)$")
+
+
 def _row_order(runs: pd.DataFrame) -> list[tuple[str, str]]:
-    """(row, backbone) keys: rows by first run, reference rows last; backbones by first run."""
+    """(row, backbone) keys: rows by first run, reference rows last, each low-shot row right after
+    the row it fine-tunes; backbones by first run."""
     rows = _first_seen(runs["row"])
-    rows = [r for r in rows if r not in REFERENCE_ROWS] + [r for r in REFERENCE_ROWS if r in rows]
+    base = {r: _LOW_SHOT.sub("", r) for r in rows}
+    bases = _first_seen(base[r] for r in rows)
+    bases = [b for b in bases if b not in REFERENCE_ROWS] + [b for b in REFERENCE_ROWS if b in bases]
+    rows = [r for b in bases for r in rows if base[r] == b]
     backbones = _first_seen(runs["backbone"])
     present = set(zip(runs["row"], runs["backbone"]))
     return [(r, b) for r in rows for b in backbones if (r, b) in present]

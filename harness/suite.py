@@ -33,6 +33,13 @@ A suite file (TOML) looks like::
     key_map = []                        # optional extra renames, "PATTERN=REPLACEMENT"
     paper_protocol = "iic"              # optional: also evaluate as that paper's scripts do (its own columns)
 
+    tracking_uri = "http://login1:5000" # optional: the MLflow server every job reports to
+
+    [slurm]                             # harness.launch.SlurmSettings: each job's resources (--launcher slurm)
+    partition = "gpu"
+    gpus_per_node = 8
+    time_min = 1440
+
     [eval]                              # evaluation.evaluate.EvalConfig: which protocols, their settings
     protocols = ["retrieval", "linear", "knn", "probe", "finetune"]
     [eval.features]                     # evaluation.protocols.FeatureProtocol
@@ -54,6 +61,11 @@ file's name and the first 12 hex digits of its SHA-256 (``r3d_18-b3b3357e.pth@01
 With ``paper_protocol`` it is evaluated a second time with that paper's own settings
 (:func:`evaluation.evaluate.paper_protocol` over the suite's ``[eval]``): other protocol hashes,
 so the table gives the paper-protocol numbers their own columns beside the shared ones.
+
+A suite is a list of jobs (:class:`Job`): each pretraining run with its evaluation, each reference
+row on one backbone and seed, each external checkpoint row for one seed. ``vsbench run SUITE`` runs
+them here one after another; ``--launcher slurm`` submits each as a SLURM job (:mod:`harness.launch`),
+which runs the same function (:func:`run_job`).
 
 ``vsbench run SUITE`` opens a parent MLflow run (an interrupted invocation's parent is continued
 by the next one with the same settings: ``suite_run.json``, a :class:`~core.io.RunMemo`) and a child run per
@@ -89,6 +101,7 @@ from pathlib import Path
 
 from core.config import RECIPE_FIELDS, ConfigError, DataConfig, PretrainConfig, config_hash, from_dict, load_toml, to_dict
 from core.io import RunMemo
+from harness.launch import SlurmSettings
 
 log = logging.getLogger(__name__)
 SUITE_RUN = "suite_run.json"  # in the suite's output folder: its parent MLflow run (core.io.RunMemo)
@@ -131,6 +144,9 @@ class Suite:
     references: list[str] = field(default_factory=list)  # "random init", "supervised"
     checkpoints: list[ExternalCheckpoint] = field(default_factory=list)
     eval: dict = field(default_factory=dict)  # EvalConfig fields
+    low_shot: list[int] = field(default_factory=list)  # fine-tune rows on N labelled training videos, per encoder
+    tracking_uri: str | None = None  # the MLflow store or server (--tracking-uri and MLFLOW_TRACKING_URI when unset)
+    slurm: SlurmSettings = field(default_factory=SlurmSettings)  # job resources for --launcher slurm
     path: str = ""
 
 
@@ -168,6 +184,7 @@ def load_suite(path: str | Path, *, contents: dict | None = None) -> Suite:
             _check_pretrain_keys(table, name)
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from err
+    _check_low_shot(suite, path)
     unknown = set(suite.references) - set(REFERENCES)
     if unknown:
         raise ConfigError(f"{path}: references: unknown row(s) {sorted(unknown)}; valid: {', '.join(REFERENCES)}")
@@ -180,6 +197,18 @@ def load_suite(path: str | Path, *, contents: dict | None = None) -> Suite:
 
 
 REFERENCES = ("random init", "supervised")
+
+
+def _check_low_shot(suite: Suite, path: Path) -> None:
+    """``low_shot``: distinct positive video counts; and the subset is the fine-tune protocol's, not the data's."""
+    bad = [n for n in suite.low_shot if isinstance(n, bool) or not isinstance(n, int) or n < 1]
+    if bad or len(set(suite.low_shot)) != len(suite.low_shot):
+        raise ConfigError(f"{path}: low_shot = {suite.low_shot}: expected distinct positive integers, the numbers of labelled "
+                          "training videos to fine-tune on (e.g. low_shot = [1000])")
+    for key in ("train_videos", "train_videos_seed"):
+        if getattr(suite.data, key) != getattr(DataConfig(), key):
+            raise ConfigError(f"{path}: data.{key}: a suite pretrains and evaluates on the whole split; fine-tuning on a "
+                              "subset is low_shot = [N] (extra rows) or eval.finetune.train_videos = N (every row)")
 
 
 def eval_config(suite: Suite, paper: str | None = None):
@@ -317,9 +346,13 @@ def _check_against_data(suite: Suite) -> None:
     if not Path(suite.data.path).exists():
         raise DatasetError(f"{suite.path}: data.path = {suite.data.path!r}: no such file or folder")
     try:
-        eval_data(suite.data, evaluation)
+        train, _ = eval_data(suite.data, evaluation)
     except ConfigError as err:
         raise ConfigError(f"{suite.path}: {err}") from err
+    readable = sum(r.ok for r in train)
+    if suite.low_shot and max(suite.low_shot) > readable:
+        raise ConfigError(f"{suite.path}: low_shot = {suite.low_shot}: the train split of {suite.data.path} has {readable} readable "
+                          f"videos; valid: every N at most {readable}")
 
 
 def _check_eval_split(suite: Suite, evaluation) -> None:
@@ -393,52 +426,221 @@ def describe_plan(suite: Suite, runs: list[SuiteRun]) -> str:
     lines += [f"{name} (reference row)" for name in references]
     lines += [f"{Path(ext.file).name} as {ext.format} on {ext.backbone}, seeds {suite.seeds} (external checkpoint row)"
               for ext in suite.checkpoints]
+    lines += [f"low_shot: every row but random init again as '<row> (fine-tune on N)', N in {suite.low_shot}, fine-tuned on N "
+              "labelled training videos" for _ in suite.low_shot[:1]]
     lines += ["eval (every run):", f"  {json.dumps(to_dict(eval_config(suite)), sort_keys=True)}"]
     return "\n".join(lines)
 
 
+@dataclass(frozen=True)
+class Job:
+    """One unit of a suite's work, run by one process (group): a pretraining run with its evaluation
+    (``run``), a reference row on one backbone and seed, or an external checkpoint (``checkpoint``,
+    its index in the suite, imported to ``encoder`` beforehand) evaluated for one seed, with the
+    suite's protocols or, with ``paper``, that paper's. ``name`` is unique in the suite: it names the
+    job's run folder, its log and its store on a cluster."""
+
+    name: str
+    kind: str  # pretrain | reference | external
+    row: str
+    run: SuiteRun | None = None
+    backbone: str = ""
+    seed: int = 0
+    checkpoint: int = -1
+    encoder: str = ""
+    report: object = None  # backbones.checkpoints.LoadReport of the external checkpoint
+    paper: str | None = None
+
+
+def suite_jobs(suite: Suite, runs: list[SuiteRun]) -> list[Job]:
+    """Every job of the suite in the order a local suite runs them: pretraining runs, reference rows,
+    external checkpoint rows (each file imported once, here, not once per seed or per job)."""
+    jobs = [Job(item.config.run_name, "pretrain", item.row, run=item) for item in runs]
+    jobs += [Job(_reference_name(row, backbone, seed), "reference", row, backbone=backbone, seed=seed)
+             for backbone in reference_backbones(suite, runs) for seed in suite.seeds for row in suite.references]
+    for index, ext in enumerate(suite.checkpoints):
+        path, report = _import(ext, suite)
+        for seed in suite.seeds:
+            for paper in (None, ext.paper_protocol) if ext.paper_protocol else (None,):
+                name = f"{path.parent.name}{f'-paper-{paper}' if paper else ''}-s{seed}"
+                jobs.append(Job(name, "external", report.label, backbone=ext.backbone, seed=seed, checkpoint=index,
+                                encoder=str(path), report=report, paper=paper))
+    return jobs
+
+
+def run_job(job: Job, suite: Suite, evaluation, parent_id: str | None, force: bool, tracking_uri: str | None) -> list[dict]:
+    """Run one job (a local suite calls this for each job in turn; a cluster job calls it once): its
+    row, then its low-shot rows (``low_shot``), each skipped when it finished before."""
+    with _foreign_checkpoint_needs_force(job.name):
+        if job.kind == "pretrain":
+            record = _pretrain_and_evaluate(job.run, suite, evaluation, parent_id, force, tracking_uri)
+            config = job.run.config
+            encoder, backbone, method = str(Path(config.output_dir) / config.run_name / "encoder.pt"), config.backbone, config.method
+        elif job.kind == "reference":
+            record = _reference_row(job.row, job.backbone, job.seed, suite, evaluation, parent_id, force, tracking_uri)
+            encoder, backbone, method = None, job.backbone, job.row
+        else:
+            ext = suite.checkpoints[job.checkpoint]
+            protocols = eval_config(suite, job.paper) if job.paper else evaluation
+            pretrain = from_dict(PretrainConfig, {k: v for k, v in suite.pretrain.items() if k != "method_args"})
+            record = _evaluate_external(ext, Path(job.encoder), job.report, job.seed, suite, pretrain, job.paper, protocols, parent_id,
+                                        force, tracking_uri)
+            encoder, backbone, method = job.encoder, job.backbone, "external"
+        if job.row == "random init" or job.paper:  # fine-tuning random weights is the supervised row; a paper protocol is its own
+            return [record]
+        return [record] + [_low_shot_row(n, job, encoder, backbone, method, suite, evaluation, parent_id, force, tracking_uri)
+                           for n in suite.low_shot]
+
+
+def job_entry(suite_path: str, contents: dict, job: Job, parent_id: str | None, force: bool, tracking_uri: str) -> list[dict]:
+    """What a cluster job runs (:class:`harness.launch.SuiteJob`): the suite read again from its
+    resolved contents (checked whole before it was submitted), then :func:`run_job`."""
+    suite = load_suite(suite_path, contents=contents)
+    return run_job(job, suite, eval_config(suite), parent_id, force, tracking_uri)
+
+
+def _low_shot_row(n: int, job: Job, encoder: str | None, backbone: str, method: str, suite: Suite, evaluation, parent_id, force: bool,
+                  tracking_uri) -> dict:
+    """The row ``<row> (fine-tune on N)``: the job's encoder (``None``: from scratch, the supervised
+    row) fine-tuned by the suite's protocol on ``n`` labelled training videos (its fixed,
+    class-balanced draw), tested on the whole test split; its own MLflow run, skipped when that
+    finished before with the same encoder file."""
+    from backbones.checkpoints import file_sha256
+    from core.distributed import init_distributed
+    from core.tracking import Tracker
+    from evaluation.finetune import run_finetune
+    from harness.train import load_checkpoint, saved_training, train_classifier
+
+    protocol = dataclasses.replace(evaluation.finetune, train_videos=n)
+    from harness.report import low_shot_label
+
+    experiment, name, row = suite.experiment or suite.name, f"{job.name}-lowshot{n}", low_shot_label(job.row, n)
+    key = _skip_key("low_shot", job.name, n, suite.data, protocol.hash(), file_sha256(encoder) if encoder else "scratch")
+    if (done := _finished(experiment, key, tracking_uri)) and not force:
+        return {"row": row, "run_id": done, "skipped": True}
+    pretrain = from_dict(PretrainConfig, {k: v for k, v in suite.pretrain.items() if k != "method_args"})
+    if force:
+        _start_afresh(pretrain.output_dir, name, tracking_uri=tracking_uri)
+    trained = saved_training(load_checkpoint(Path(encoder)), encoder) if encoder else None
+    tags = {"suite": suite.name, "row": row, "kind": "low_shot", "method": method, "backbone": backbone, "seed": str(job.seed),
+            "suite_key": key, "low_shot": str(n), "protocol.finetune": protocol.hash()}
+    with Tracker(experiment, name, tracking_uri=tracking_uri, parent_run_id=parent_id, tags=tags) as tracker:
+        metrics, _ = run_finetune(protocol, backbone=backbone, data=suite.data, init_encoder=encoder, seed=job.seed,
+                                  device=str(init_distributed(pretrain.device).device), output_dir=pretrain.output_dir, run_name=name,
+                                  workers=evaluation.workers, trainer=train_classifier, trained=trained)
+        tracker.log_metrics({f"eval/finetune/{k}": v for k, v in metrics.items()}, step=0)
+        return {"row": row, "run_id": tracker.run_id, "skipped": False}
+
+
 def run_suite(path: str | Path, *, contents: dict | None = None, force: bool = False, tracking_uri: str | None = None,
-              command: str | None = None) -> list[dict]:
-    """Pretrain and evaluate every run of a suite under one parent MLflow run; returns one record per row run.
+              command: str | None = None, launcher: str = "local", wait: bool = False) -> list[dict]:
+    """Pretrain and evaluate every job of a suite under one parent MLflow run; returns one record per
+    job run here (and, when the table was made, one with its files).
 
     ``contents``: the suite file's TOML table as changed by ``--set``. ``force``: rerun finished runs,
     each from scratch (:func:`_start_afresh`). ``command``: the command line that started the suite
     (default ``vsbench run <path>``), written under the table and tagged on the parent run; with
     ``--set`` options it names them, and the parent run holds the suite as resolved
-    (``suite_resolved.json``), so a table never hides what changed its settings."""
+    (``suite_resolved.json``), so a table never hides what changed its settings. ``launcher``:
+    ``local`` runs the jobs here one after another; ``slurm`` and ``submitit-local`` submit those not
+    done or under way (:mod:`harness.launch`) and, with ``wait``, wait for them and make the table."""
     from core.data.cache import reserve as reserve_frame_cache
     from core.tracking import Tracker
     from core.tracking_sync import sync_if_needed
 
     suite, runs = plan_suite(path, contents=contents)
+    tracking_uri = tracking_uri or suite.tracking_uri
     sync_if_needed(tracking_uri)  # runs that ended while the server was down count as done
-    reserve_frame_cache(suite.data.cache_gb)  # before the first row: the reference rows evaluate without pretraining
     evaluation = eval_config(suite)
     experiment = suite.experiment or suite.name
     command = command or f"vsbench run {path}"
     resolved = contents if contents is not None else load_toml(path)
     records = []
-    memo = RunMemo(Path(suite.pretrain.get("output_dir", "runs")) / SUITE_RUN, config_hash(resolved))
+    memo = RunMemo(Path(suite.pretrain.get("output_dir", "runs")) / SUITE_RUN, _suite_hash(resolved))
     if force:
         _end_abandoned(memo, "the suite's parent run", tracking_uri)
+    jobs = suite_jobs(suite, runs)
     with Tracker(experiment, f"suite-{suite.name}", tracking_uri=tracking_uri, continue_run_id=None if force else memo.run_id(),
-                 tags={"suite": suite.name, "kind": "suite", "suite.command": command}) as parent:
+                 tags={"suite": suite.name, "kind": "suite", "suite.command": command, "suite.launcher": launcher}) as parent:
         memo.remember(parent.run_id)
         parent.log_artifact(path)
         parent.log_dict(resolved, "suite_resolved.json")
-        for i, item in enumerate(runs, 1):
-            log.info("[%d/%d] %s", i, len(runs), item.config.run_name)
-            with _foreign_checkpoint_needs_force(item.config.run_name):
-                records.append(_pretrain_and_evaluate(item, suite, evaluation, parent.run_id, force, tracking_uri))
-        for backbone in reference_backbones(suite, runs):
-            for seed in suite.seeds:
-                for row in suite.references:
-                    with _foreign_checkpoint_needs_force(_reference_name(row, backbone, seed)):
-                        records.append(_reference_row(row, backbone, seed, suite, evaluation, parent.run_id, force, tracking_uri))
-        for ext in suite.checkpoints:
-            records += _external_rows(ext, suite, evaluation, parent.run_id, force, tracking_uri)
+        if launcher == "local":
+            reserve_frame_cache(suite.data.cache_gb)  # before the first job: the reference rows evaluate without pretraining
+            for i, job in enumerate(jobs, 1):
+                log.info("[%d/%d] %s", i, len(jobs), job.name)
+                records += run_job(job, suite, evaluation, parent.run_id, force, tracking_uri)
+        else:
+            ended, failed = _launch(suite, jobs, resolved, parent.run_id, force, tracking_uri, launcher, wait)
+            records += [{"row": name, "failed": True} for name in failed]
+            if not ended:
+                return records
         records.append({"row": "table", "report": _report(suite, experiment, parent, tracking_uri, command)})
     return records
+
+
+def _suite_hash(resolved: dict) -> str:
+    """The suite's configuration as its results depend on it: where and how its jobs run (``[slurm]``)
+    is left out, so changing a partition neither starts a new parent run nor loses track of jobs."""
+    return config_hash({k: v for k, v in resolved.items() if k != "slurm"})
+
+
+def _launch(suite: Suite, jobs: list[Job], resolved: dict, parent_id: str | None, force: bool, tracking_uri: str | None,
+            launcher: str, wait: bool) -> tuple[bool, list[str]]:
+    """Submit the jobs that are neither done nor under way (harness.launch); returns whether every
+    job has ended, so the table can be made (``wait``), and the jobs that failed."""
+    from core.tracking_store import absolute_sqlite, is_local, resolve_tracking_uri
+    from core.tracking_sync import merge_stores
+    from harness import launch
+
+    settings = suite.slurm
+    folder = launch.job_folder(settings, suite.pretrain.get("output_dir", "runs"))
+    book = launch.JobBook(folder, _suite_hash(resolved))
+    main_uri = absolute_sqlite(resolve_tracking_uri(tracking_uri), Path.cwd())
+    server = not is_local(main_uri)
+    entries = book.read()
+    states = launch.job_states({job.name: entries[job.name] for job in jobs if job.name in entries})
+    for name, state in states.items():
+        if state == "failed":
+            print(f"job {name} (scheduler job {entries[name]['job_id']}) failed; its log: {launch.log_file(entries[name])}; "
+                  "submitting it again")
+    running = [name for name, state in states.items() if state == "under way"]
+    if force and running:
+        raise ConfigError(f"--force: {len(running)} job(s) of this suite are under way ({', '.join(running[:5])}"
+                          f"{' ...' if len(running) > 5 else ''}; see {book.path}); forcing would start them a second time "
+                          "beside the first: cancel them (scancel) and call again")
+    pending = [job for job in jobs if force or states.get(job.name) not in ("under way", "done")]
+    if not server:
+        merge_stores([folder / launch.STORES / job.name / "mlflow.db" for job in jobs if states.get(job.name) in ("done", "failed")
+                      and (folder / launch.STORES / job.name / "mlflow.db").exists()], main_uri)
+
+    def cluster_job(job: Job) -> launch.SuiteJob:
+        arguments = {"suite_path": suite.path, "contents": resolved, "job": job, "parent_id": parent_id, "force": force,
+                     "tracking_uri": main_uri if server else f"sqlite:///{folder / launch.STORES / job.name / 'mlflow.db'}"}
+        return launch.SuiteJob(job_entry, arguments, job.name, str(folder / launch.STORES / job.name))
+
+    submitted = launch.submit(launcher, settings, folder, book.suite_hash, [cluster_job(job) for job in pending]) if pending else {}
+    print(f"suite {suite.name}: {len(submitted)} job(s) submitted ({launcher}), {len(running)} under way, "
+          f"{sum(s == 'done' for s in states.values()) if not force else 0} done before; logs and job records in {folder}")
+    if not wait:
+        print(f"the table: `vsbench run {suite.path} --launcher {launcher} --wait` (waits for the jobs), or "
+              f"`vsbench table {suite.experiment or suite.name}{'' if server else f' --job-stores {folder}'}` once they ended")
+        return False, []
+    final = launch.wait(book, [job.name for job in jobs], settings.poll_s if launcher == "slurm" else 0.5)
+    if not server:
+        merge_stores(launch.job_stores(folder), main_uri)
+    failed = [name for name, state in final.items() if state == "failed"]
+    for name in failed:
+        print(f"job {name} failed; its log: {launch.log_file(book.read()[name])}")
+    return True, failed
+
+
+def _import(ext: ExternalCheckpoint, suite: Suite):
+    from backbones.checkpoints import parse_key_map
+    from harness.external import import_checkpoint
+
+    output_dir = suite.pretrain.get("output_dir", "runs")
+    return import_checkpoint(ext.file, ext.format, ext.backbone, key_map=parse_key_map(ext.key_map), root=Path(output_dir) / "external")
 
 
 @contextlib.contextmanager
@@ -579,21 +781,6 @@ def _reference_row(row: str, backbone: str, seed: int, suite: Suite, evaluation,
         return {"row": row, "run_id": tracker.run_id, "skipped": False}
 
 
-def _external_rows(ext: ExternalCheckpoint, suite: Suite, evaluation, parent_id: str, force: bool, tracking_uri) -> list[dict]:
-    """An external checkpoint made into an encoder.pt once (harness.external), then evaluated for
-    every seed with the suite's protocols, fine-tuning included, and with its ``paper_protocol`` if
-    it names one; the row is named by the file's name and hash."""
-    from backbones.checkpoints import parse_key_map
-    from harness.external import import_checkpoint
-
-    pretrain = from_dict(PretrainConfig, {k: v for k, v in suite.pretrain.items() if k != "method_args"})
-    path, report = import_checkpoint(ext.file, ext.format, ext.backbone, key_map=parse_key_map(ext.key_map),
-                                     root=Path(pretrain.output_dir) / "external")
-    protocols = [(None, evaluation)] + ([(ext.paper_protocol, eval_config(suite, ext.paper_protocol))] if ext.paper_protocol else [])
-    return [_evaluate_external(ext, path, report, seed, suite, pretrain, paper, config, parent_id, force, tracking_uri)
-            for seed in suite.seeds for paper, config in protocols]
-
-
 def _evaluate_external(ext: ExternalCheckpoint, path: Path, report, seed: int, suite: Suite, pretrain: PretrainConfig,
                        paper: str | None, evaluation, parent_id: str, force: bool, tracking_uri) -> dict:
     from backbones import create_backbone
@@ -613,7 +800,7 @@ def _evaluate_external(ext: ExternalCheckpoint, path: Path, report, seed: int, s
     trained = saved_training(saved, path)
     encoder = create_backbone(ext.backbone)
     encoder.load_state_dict(saved["state_dict"])
-    name = f"{path.parent.name}{f'-paper-{paper}' if paper else ''}-s{seed}"
+    name = f"{path.parent.name}{f'-paper-{paper}' if paper else ''}-s{seed}"  # = Job.name
     run_tags = {"suite": suite.name, "row": report.label, "kind": "external", "method": "external", "backbone": ext.backbone,
                 "seed": str(seed), "suite_key": key, "checkpoint.name": Path(ext.file).name, "checkpoint.sha256": report.sha256,
                 "checkpoint.format": ext.format, **({"paper_protocol": paper} if paper else {}), **tags}

@@ -58,12 +58,13 @@ from tqdm.auto import tqdm
 from backbones import create_backbone
 from core.config import ConfigError, PretrainConfig, config_hash, resolve_recipe, to_dict
 from core.data.cache import reserve as reserve_frame_cache
-from core.data.datasets import VideoDataset, open_dataset
+from core.data.datasets import VideoDataset, open_data
 from core.data.encoder_input import EncoderTraining, training_stride
 from core.data.loader import VideoLoader, make_loader
 from core.data.symmetry import check_flip
 from core.data.transforms import VideoAugment
-from core.distributed import DistInfo, convert_sync_batchnorm, init_distributed
+from core import preemption
+from core.distributed import DistInfo, barrier, convert_sync_batchnorm, init_distributed
 from core.io import RunFolderLocked, RunMemo, atomic_write, remove_stale_temp_files, run_folder_lock
 from evaluation.finetune import TrainedClassifier
 from methods.base import DataSpec, Method, Recipe, StepOutput, TrainState, config_dict, create_method, get_method
@@ -88,6 +89,10 @@ class NonFiniteWeights(NonFiniteLoss):
 class ForeignCheckpoint(ValueError):
     """The run folder's ``last.pt`` was written by another configuration (or other data): resuming
     it would mix two runs. The message names the file and both configuration hashes."""
+
+
+class _StopRequested(Exception):
+    """Raised after the optimizer step at which the scheduler's stop request was seen (core.preemption)."""
 
 
 class NothingTrained(RuntimeError):
@@ -358,8 +363,11 @@ class Pretraining:
         self.config = config
         self.dist: DistInfo = init_distributed(config.device)
         torch.manual_seed(config.seed)
-        self.videos: VideoDataset = open_dataset(config.data.path, format=config.data.format, split=config.data.split,
-                                                 subset=config.data.subset, progress=config.progress and self.dist.is_main)
+        self.videos: VideoDataset = open_data(config.data, subset=config.data.subset,
+                                              progress=config.progress and self.dist.is_main)
+        if config.data.train_videos is not None:  # low-shot: a fixed, class-balanced draw of the readable videos
+            from core.data.subset import draw_videos
+            self.videos = draw_videos(self.videos, config.data.train_videos, config.data.train_videos_seed)
         self.init = config.init or get_method(config.method).backbone_init  # the paper's initialisation unless the config names one
         backbone = create_backbone(config.backbone, init=self.init, **config.backbone_args)
         if config.init_encoder:
@@ -383,6 +391,8 @@ class Pretraining:
         self.state = TrainState(epoch=0, epochs=self.recipe.epochs, steps_per_epoch=self.steps_per_epoch,
                                 world_size=self.dist.world_size, rank=self.dist.rank)
         self.skipped_total = 0
+        self.epoch_steps = self.epoch_batches = 0  # steps and loader batches of the current epoch done (mid-epoch resume)
+        self._rng_after_first_batch = None
         self.prior = self.saved_totals = RunTotals()
         self._start_segment()
         if self.dist.is_main:
@@ -479,6 +489,8 @@ class Pretraining:
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
             "step": self.state.step,
             "epoch": self.state.epoch,
+            "epoch_steps": self.epoch_steps,  # mid-epoch (a preempted run): steps and loader batches of this epoch done
+            "epoch_batches": self.loader.drawn if self.epoch_steps else 0,
             "skipped": dict(self.loader.skipped),
             "totals": dataclasses.asdict(self.saved_totals),
             "config_hash": self.hash,
@@ -497,7 +509,12 @@ class Pretraining:
         self.method.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
+        # Mid-epoch, the epoch's DataLoader iterator (which draws its base seed from the torch
+        # generator when the first batch is asked for) has to exist before the generator is set
+        # back: run_epoch sets it after the first batch.
+        self.epoch_steps, self.epoch_batches = ckpt.get("epoch_steps", 0), ckpt.get("epoch_batches", 0)
         torch.set_rng_state(ckpt["rng"]["torch"])
+        self._rng_after_first_batch = ckpt["rng"]["torch"] if self.epoch_steps else None
         self.augment.generator.set_state(ckpt["rng"]["augment"])
         if ckpt["rng"]["cuda"]:
             torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
@@ -623,27 +640,34 @@ class Pretraining:
         return group
 
     def run_epoch(self, bar) -> float:
-        """Train one epoch; returns the loss of its last step. An epoch in which every
-        micro-batch was undecodable raises :class:`NothingTrained`."""
-        self.loader.set_epoch(self.state.epoch)
+        """Train one epoch, or the rest of it when a preempted run resumes mid-epoch; returns the
+        loss of its last step. An epoch in which every micro-batch was undecodable raises
+        :class:`NothingTrained`; a stop request (:mod:`core.preemption`) raises :class:`_StopRequested`
+        after the step it came in."""
+        self.loader.set_epoch(self.state.epoch, skip_batches=self.epoch_batches)
         batches = iter(self.loader)
-        steps = 0
         t_prev = time.perf_counter()
-        for _ in range(self.steps_per_epoch):
+        while self.epoch_steps < self.steps_per_epoch:
             group = self._next_micro_batches(batches)
             if group is None:  # every video of the last batches was undecodable
                 break
+            if self._rng_after_first_batch is not None:
+                torch.set_rng_state(self._rng_after_first_batch)
+                self._rng_after_first_batch = None
             t_data = time.perf_counter()
             out = self.train_step(group)
             self.last_loss = float(out.loss)
-            steps += 1
+            self.epoch_steps += 1
             t_end = time.perf_counter()
             clips = sum(len(b["index"]) for b in group) * self.spec.clips * self.dist.world_size
             self._record(out, clips, t_end - t_prev, t_data - t_prev, bar)
+            if preemption.stop_requested(self.state.step):
+                raise _StopRequested
             t_prev = time.perf_counter()
         self._account_skipped()
-        if steps == 0:
+        if self.epoch_steps == 0:
             raise self._nothing_trained(f"epoch {self.state.epoch} made no step: every one of its micro-batches was undecodable")
+        self.epoch_steps = self.epoch_batches = 0
         return self.last_loss
 
     def _nothing_trained(self, what: str) -> NothingTrained:
@@ -688,22 +712,33 @@ class Pretraining:
         bar = tqdm(total=(self.recipe.epochs - first_epoch) * self.steps_per_epoch, desc=f"{self.config.method}/{self.config.backbone}",
                    unit="step", disable=not show)
         try:
-            for epoch in range(first_epoch, self.recipe.epochs):
-                self.state.epoch = epoch
-                self.run_epoch(bar)
-                self.state.epoch = epoch + 1
-                last = epoch + 1 == self.recipe.epochs
-                if last and self.totals().updates == 0:
-                    raise self._nothing_trained(f"all {self.state.step} steps skipped the optimizer (the method's skip_optimizer)")
-                if last or (epoch + 1) % self.config.checkpoint_every == 0:
-                    self.save(finished=last)
-                if self.config.knn_every and (epoch + 1) % self.config.knn_every == 0:
-                    self.online_knn()
+            with preemption.deferred():
+                self._epochs_from(first_epoch, bar)
+        except _StopRequested:
+            self._account_skipped()
+            self.save(finished=False)
+            log.warning("%s: stopped at epoch %d, step %d for the scheduler; the checkpoint resumes it exactly", self.run_dir,
+                        self.state.epoch, self.state.step)
+            barrier()
+            preemption.hand_over()
         finally:
             bar.close()
         totals = self.saved_totals  # those of the finished checkpoint, whichever segment wrote it
         return PretrainResult(self.run_dir, self.save_encoder(), self.state.step, totals.wall_time_s, totals.clips_per_s,
                               totals.peak_memory_mb, totals.final_loss, skipped_videos=self.skipped_total)
+
+    def _epochs_from(self, first_epoch: int, bar) -> None:
+        for epoch in range(first_epoch, self.recipe.epochs):
+            self.state.epoch = epoch
+            self.run_epoch(bar)
+            self.state.epoch = epoch + 1
+            last = epoch + 1 == self.recipe.epochs
+            if last and self.totals().updates == 0:
+                raise self._nothing_trained(f"all {self.state.step} steps skipped the optimizer (the method's skip_optimizer)")
+            if last or (epoch + 1) % self.config.checkpoint_every == 0:
+                self.save(finished=last)
+            if self.config.knn_every and (epoch + 1) % self.config.knn_every == 0:
+                self.online_knn()
 
     def online_knn(self) -> dict[str, float]:
         """kNN top-1 of the current encoder (test split against train split, one centre clip per
@@ -717,8 +752,8 @@ class Pretraining:
                                    crop=spec.augment.size[0], modality=trained.input.modality, normalize_input=trained.input.normalize,
                                    value_range=trained.input.value_range)
         kwargs = dict(device=self.dist.device, workers=data.workers, progress=False)
-        train = open_dataset(data.path, format=data.format, split=data.split, subset="train", progress=False)
-        test = open_dataset(data.path, format=data.format, split=data.split, subset="test", progress=False)
+        train = open_data(data, subset="train")
+        test = open_data(data, subset="test")
         ftrain = extract_features(self.method.encoder, train, protocol, **kwargs)
         ftest = extract_features(self.method.encoder, test, protocol, **kwargs)
         monitor = OnlineKNN(KNNProtocol(features=protocol), device=self.dist.device)
@@ -747,7 +782,8 @@ class Pretraining:
         """Flat description of the run for tracking: config, resolved recipe, method config, data."""
         return {"config": to_dict(self.config), "recipe": dataclasses.asdict(self.recipe), "method_config": config_dict(self.method.config),
                 "effective": self.method.effective_settings(), "input": self.method.encoder_input().to_dict(), "init": self.init,
-                "data_spec": dataclasses.asdict(self.spec), "data": {"videos": len(self.videos), "fingerprint": self.videos.fingerprint()},
+                "data_spec": dataclasses.asdict(self.spec), "data": {"videos": len(self.videos), "fingerprint": self.videos.fingerprint(),
+                         "missing": len(self.videos.extra.get("missing", []))},
                 "engine": {"micro_batch": self.micro_batch, "steps_per_epoch": self.steps_per_epoch, "world_size": self.dist.world_size,
                            "amp_bf16": self.amp, "channels_last_3d": self.channels_last, "device": str(self.dist.device)}}
 

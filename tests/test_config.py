@@ -12,7 +12,7 @@ def test_nested_tables_and_types_are_filled():
 
 
 def test_unknown_key_names_the_key_and_the_allowed_ones():
-    with pytest.raises(ConfigError, match=r"data\.splti: unknown key; allowed keys are backend, cache_gb, flow_root, format, path, split"):
+    with pytest.raises(ConfigError, match=r"data\.splti: unknown key; allowed keys are backend, cache_gb, flow_root, format, missing, path, split"):
         from_dict(PretrainConfig, {"data": {"splti": 1}})
 
 

@@ -111,3 +111,19 @@ def test_a_missing_data_set_is_refused_naming_data_path(tmp_path, data):
     path.write_text(BASE.format(data=tmp_path / "nowhere"))
     with pytest.raises(DatasetError, match=r"suite.toml: data.path = '.*nowhere': no such file or folder"):
         expand(load_suite(path), list_methods())
+
+
+@pytest.mark.parametrize("top, extra, message", [
+    ("low_shot = [0]", "", r"low_shot = \[0\]: expected distinct positive integers"),
+    ("low_shot = [2, 2]", "", r"low_shot = \[2, 2\]: expected distinct positive integers"),
+    ("low_shot = [5]", "", r"low_shot = \[5\]: the train split of .* has 4 readable videos; valid: every N at most 4"),
+    ("", "[data]\ntrain_videos = 2\n", r"data.train_videos: a suite pretrains and evaluates on the whole split"),
+])
+def test_low_shot_rows_are_checked_before_training(tmp_path, data, top, extra, message):
+    text = BASE.format(data=data).replace('methods = ["moco"]', f'methods = ["moco"]\n{top}')
+    if extra:
+        text = text.replace("[data]\n", extra)
+    path = tmp_path / "suite.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        expand(load_suite(path), list_methods())

@@ -2,16 +2,25 @@
 
 It reports videos per class for each split and subset, frame-count statistics, and every
 video that is corrupt (with the reason) or too short for the clips a method will cut from it.
+For Kinetics it also counts the listed videos that are not on disk, names the first ones and
+writes the full list to ``<root>/vsbench_missing.txt`` when the root is writable; missing videos
+are skipped by the reader, so they are reported, not counted as problems.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from core.data.datasets import VideoDataset, detect_format, open_dataset
+from core.data.official import MISSING_LIST, ONE_SPLIT_FORMATS
+from core.io import write_text_atomic
+
+_SHOWN_MISSING = 5  # missing videos named in the report; the rest are in MISSING_LIST
 
 
 @dataclass
@@ -23,6 +32,8 @@ class CheckReport:
     frame_stats: pd.DataFrame
     corrupt: pd.DataFrame
     too_short: pd.DataFrame
+    missing: list[str] | None = None  # listed videos not on disk (Kinetics); None for formats that refuse them
+    missing_file: str | None = None  # where the full list was written; None when the root is read-only
 
     @property
     def problems(self) -> int:
@@ -34,15 +45,30 @@ class CheckReport:
             parts += ["", f"{name}: {len(table)}"]
             if len(table):
                 parts.append(table.to_string(index=False))
+        if self.missing is not None:
+            parts += ["", f"Missing videos (listed, not on disk; skipped): {len(self.missing)}"]
+            parts += [f"  {m}" for m in self.missing[:_SHOWN_MISSING]]
+            if len(self.missing) > _SHOWN_MISSING:
+                parts.append(f"  ... and {len(self.missing) - _SHOWN_MISSING} more")
+            if self.missing_file:
+                parts.append(f"Full list: {self.missing_file}")
+            elif self.missing:
+                parts.append("The data root is read-only: the full list was not written.")
         return "\n".join(parts)
 
 
-def _subsets(path: str, fmt: str, splits: list[int], progress: bool) -> dict[str, VideoDataset]:
+def _subsets(path: str, fmt: str, splits: list[int] | None, progress: bool) -> dict[str, VideoDataset]:
     if fmt == "csv":
         return {"all": open_dataset(path, format="csv", subset="all", progress=progress)}
+    if fmt in ONE_SPLIT_FORMATS:  # one official split: "every split" is split 1, another number is refused by the reader
+        return {
+            sub: open_dataset(path, format=fmt, split=s, subset=sub, progress=progress)
+            for s in (splits if splits not in (None, [1, 2, 3]) else [1])
+            for sub in ("train", "test")
+        }
     return {
         f"split{s}/{sub}": open_dataset(path, format=fmt, split=s, subset=sub, progress=progress)
-        for s in splits
+        for s in splits or [1, 2, 3]
         for sub in ("train", "test")
     }
 
@@ -50,7 +76,7 @@ def _subsets(path: str, fmt: str, splits: list[int], progress: bool) -> dict[str
 def check_dataset(path: str, *, format: str = "auto", splits: list[int] | None = None, min_frames: int = 16, progress: bool = True) -> CheckReport:
     """Scan the data set at ``path`` (every video is verified once, then cached in its index)."""
     fmt = detect_format(path) if format == "auto" else format
-    parts = _subsets(path, fmt, splits or [1, 2, 3], progress)
+    parts = _subsets(path, fmt, splits or None, progress)
     first = next(iter(parts.values()))
     classes = first.classes or ["(unlabelled)"]
     per_class = pd.DataFrame(
@@ -67,5 +93,24 @@ def check_dataset(path: str, *, format: str = "auto", splits: list[int] | None =
     corrupt = pd.DataFrame([{"video": p, "reason": r.error} for p, r in sorted(records.items()) if not r.ok], columns=["video", "reason"])
     short = pd.DataFrame([{"video": p, "frames": r.num_frames} for p, r in sorted(records.items()) if r.ok and r.num_frames < min_frames],
                          columns=["video", "frames"])
+    missing, missing_file = None, None
+    if any("missing" in ds.extra for ds in parts.values()):
+        missing = [m for ds in parts.values() for m in ds.extra.get("missing", [])]
+        for name, ds in parts.items():
+            stats[name]["missing"] = len(ds.extra.get("missing", []))
+        missing_file = _write_missing(Path(path), missing)
     title = f"{first.name} at {first.root} ({fmt} format, {len(records)} distinct videos, {len(first.classes)} classes; too short = under {min_frames} frames)"
-    return CheckReport(title, per_class, pd.DataFrame.from_dict(stats, orient="index"), corrupt, short)
+    return CheckReport(title, per_class, pd.DataFrame.from_dict(stats, orient="index"), corrupt, short, missing, missing_file)
+
+
+def _write_missing(root: Path, missing: list[str]) -> str | None:
+    """Write every missing video to ``root/vsbench_missing.txt`` (atomically; a list from an earlier
+    check that found none is removed); None when nothing is missing or ``root`` is read-only."""
+    file = root / MISSING_LIST
+    if not root.is_dir() or not os.access(root, os.W_OK):
+        return None
+    if not missing:
+        file.unlink(missing_ok=True)
+        return None
+    write_text_atomic(file, "\n".join(missing) + "\n")
+    return str(file)

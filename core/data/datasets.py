@@ -1,277 +1,34 @@
-"""Data set indexes: UCF101, HMDB51 (official split files), Kinetics-style CSV and generic CSV.
+"""The readers of UCF101, HMDB51 (official split files), Kinetics-style and generic CSV lists, and
+:func:`open_dataset`, which opens any supported data set by path (the official Something-Something
+v2, Diving48 and Kinetics releases through :mod:`core.data.official`).
 
-A data set here is a list of :class:`VideoRecord` (path, label, verified frame count) for one
-split and subset, plus its class names. Reading the official files is strict: a malformed
-line, an unknown class or a missing video raises :class:`DatasetError` naming the file and
-line, so a typo never turns into a silently smaller data set.
-
-Frame counts are verified once (:func:`core.data.video.probe_video`) and cached in an index
-file beside the data (``vsbench_index.json`` in the data root, or under
-``~/.cache/vsbench/index/`` when the root is read-only). An entry is re-probed when its file's
-size or modification time changes. Videos that fail the probe stay in the data set, marked with
-the reason: training skips and counts them, evaluation refuses to run on them, and
-``vsbench data check`` lists them.
+Reading the official files is strict: a malformed line, an unknown class or a missing video raises
+:class:`~core.data.listing.DatasetError` naming the file and line, so a typo never turns into a
+silently smaller data set. Records, the frame-count index and the list checks every reader shares
+are in :mod:`core.data.listing`.
 """
 
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
+import logging
 import os
 import posixpath
 import re
-from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from tqdm.auto import tqdm
+if TYPE_CHECKING:
+    from core.config import DataConfig
 
-from core.data.video import VIDEO_EXTENSIONS, CorruptVideo, probe_video
-from core.io import write_json_atomic
+from core.data import official
+from core.data.listing import (SUBSETS, DatasetError, Listed, VideoDataset, VideoRecord, check_listed, first_existing,
+                               locate, normalise_entry, read_lines, require_videos, resolve_video, video_key, with_counts)
 
-INDEX_NAME = "vsbench_index.json"
-INDEX_VERSION = 2  # 2: files without a stated frame count (Matroska/WebM) hold their decoded count
-FORMATS = ("auto", "ucf101", "hmdb51", "csv")
-SUBSETS = ("train", "test", "all")
+FORMATS = ("auto", "ucf101", "hmdb51", "csv", "ssv2", "diving48", "kinetics")
 CSV_COLUMNS = ("path", "label", "split", "num_frames")  # the columns a CSV header may name
-
-
-class DatasetError(ValueError):
-    """A data set description (split file, CSV, class list) that cannot be used as it is."""
-
-
-@dataclass(frozen=True)
-class VideoRecord:
-    """One video of a data set."""
-
-    path: str  # absolute path of the video file or frame folder
-    label: int  # 0-based class index; -1 when unlabelled
-    key: str  # stable id: the path relative to the data root, without extension
-    num_frames: int = 0  # verified decodable frames (0 when the video is corrupt)
-    height: int = 0
-    width: int = 0
-    error: str | None = None  # why the video cannot be read, when it cannot
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-
-@dataclass
-class VideoDataset:
-    """The videos of one split/subset of a data set, in a fixed order."""
-
-    name: str
-    root: str
-    classes: list[str]
-    records: list[VideoRecord]
-    split: int | None = None
-    subset: str = "all"
-    extra: dict = field(default_factory=dict)
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __getitem__(self, i: int) -> VideoRecord:
-        return self.records[i]
-
-    @property
-    def corrupt(self) -> list[VideoRecord]:
-        return [r for r in self.records if not r.ok]
-
-    def fingerprint(self) -> str:
-        """Short hash of (key, label, frame count) of every video and of the generator that made
-        the data (MotionShapes' version, in ``extra``): equal data, equal fingerprint."""
-        h = hashlib.sha1()
-        if "generator" in self.extra:
-            h.update(f"generator\t{self.extra['generator']}\n".encode())
-        for r in self.records:
-            h.update(f"{r.key}\t{r.label}\t{r.num_frames}\n".encode())
-        return h.hexdigest()[:12]
-
-
-# ----------------------------------------------------------------------------- frame-count index
-
-
-def _index_path(root: Path) -> Path:
-    if os.access(root, os.W_OK):
-        return root / INDEX_NAME
-    digest = hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:16]
-    return Path.home() / ".cache" / "vsbench" / "index" / f"{digest}.json"
-
-
-def _stamp(path: str) -> list[int]:
-    st = os.stat(path)
-    return [st.st_size, st.st_mtime_ns]
-
-
-def _probe_entry(path: str) -> dict:
-    try:
-        stamp = _stamp(path)
-    except OSError as err:
-        return {"stamp": None, "num_frames": 0, "height": 0, "width": 0, "error": f"cannot be read: {err}"}
-    try:
-        info = probe_video(path)
-        return {"stamp": stamp, "num_frames": info.num_frames, "height": info.height, "width": info.width, "error": None}
-    except CorruptVideo as err:
-        return {"stamp": stamp, "num_frames": 0, "height": 0, "width": 0, "error": err.reason}
-
-
-def _load_index(file: Path) -> dict:
-    try:
-        data = json.loads(file.read_text())
-        return data["entries"] if data.get("version") == INDEX_VERSION else {}
-    except (OSError, ValueError, KeyError):
-        return {}
-
-
-def index_videos(root: str | os.PathLike, paths: Iterable[str], *, progress: bool = True, workers: int = 4) -> dict[str, dict]:
-    """Verified frame counts for ``paths`` (absolute), from the cached index of ``root``.
-
-    Stale or missing entries are probed (in a thread pool: PyAV releases the GIL while
-    demuxing) and the index file is rewritten atomically.
-    """
-    root = Path(root)
-    file = _index_path(root)
-    entries = _load_index(file)
-    rel = {p: os.path.relpath(p, root) for p in paths}
-    stale = [p for p, r in rel.items() if r not in entries or entries[r]["stamp"] != _safe_stamp(p)]
-    if stale:
-        bar = tqdm(total=len(stale), desc=f"indexing {root.name}", unit="video", disable=not progress or len(stale) < 50)
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            for p, entry in zip(stale, pool.map(_probe_entry, stale)):
-                entries[rel[p]] = entry
-                bar.update()
-        bar.close()
-        write_json_atomic(file, {"version": INDEX_VERSION, "entries": entries})
-    return {p: entries[r] for p, r in rel.items()}
-
-
-def _safe_stamp(path: str) -> list[int] | None:
-    try:
-        return _stamp(path)
-    except OSError:
-        return None
-
-
-def _with_counts(records: list[VideoRecord], root: Path, progress: bool) -> list[VideoRecord]:
-    counts = index_videos(root, [r.path for r in records], progress=progress)
-    out = []
-    for r in records:
-        e = counts[r.path]
-        out.append(
-            VideoRecord(r.path, r.label, r.key, e["num_frames"], e["height"], e["width"], e["error"])
-        )
-    return out
-
-
-# ----------------------------------------------------------------------------- helpers for split files
-
-
-def _lines(file: Path) -> Iterable[tuple[int, list[str]]]:
-    """(line number, whitespace-split fields) of non-empty lines; tolerates CRLF and a BOM."""
-    with open(file, encoding="utf-8-sig") as f:
-        for n, line in enumerate(f, 1):
-            fields = line.split()
-            if fields:
-                yield n, fields
-
-
-def _first_existing(candidates: Iterable[Path], what: str, root: Path) -> Path:
-    candidates = list(candidates)
-    for c in candidates:
-        if c.exists():
-            return c
-    tried = ", ".join(str(c) for c in candidates)
-    raise DatasetError(f"{root}: cannot find {what} (looked for {tried})")
-
-
-def _locate(root, annotations, videos, ann_names: tuple[str, ...], video_names: tuple[str, ...]) -> tuple[Path, Path]:
-    """(split-file folder, video folder): given explicitly, or the first of the official name,
-    ``splits``/``annotations`` (``videos``), or ``root`` itself that exists."""
-    root = Path(root)
-    ann = Path(annotations) if annotations else _first_existing(
-        [root / n for n in (*ann_names, "splits", "annotations")] + [root], "the split files' folder", root
-    )
-    video_root = Path(videos) if videos else _first_existing([root / n for n in (*video_names, "videos")] + [root], "video folder", root)
-    return ann, video_root
-
-
-def _resolve_video(video_root: Path, rel: str) -> Path | None:
-    """A split-file entry ``Class/v_x.avi`` as a file, or as a frame folder with or without class dir."""
-    p = video_root / rel
-    stem = p.with_suffix("")
-    for cand in (p, stem, video_root / stem.name):
-        if cand.exists():
-            return cand
-    return None
-
-
-def _key(path: Path, video_root: Path) -> str:
-    rel = path.relative_to(video_root)
-    return str(rel.with_suffix("")) if rel.suffix.lower() in VIDEO_EXTENSIONS else str(rel)
-
-
-def _normalise(rel: str, file: Path, n: int, video_root: Path) -> str:
-    """A list entry as a normalised relative path (``A/../B/x.avi`` -> ``B/x.avi``), so that two
-    spellings of one file compare equal; an entry that leaves the video folder is an error."""
-    norm = posixpath.normpath(rel.replace("\\", "/"))
-    if norm == ".." or norm.startswith("../") or posixpath.isabs(norm):
-        raise DatasetError(f"{file}:{n}: {rel!r} points outside the video folder; entries are paths inside {video_root}")
-    return norm
-
-
-@dataclass(frozen=True)
-class _Listed:
-    """One line of a list file: the video it names (normalised), its label and its part."""
-
-    file: Path
-    line: int
-    video: str
-    label: str
-    part: str  # "train", "test", or another name (HMDB51's "unused", "" for a list without splits)
-
-    @property
-    def where(self) -> str:
-        return f"{self.file}:{self.line}"
-
-
-def _check_listed(entries: Iterable[_Listed]) -> None:
-    """Every video listed once, with one label, and never in both the train and test part.
-
-    A test video also in the train list makes retrieval find itself (R@1 near 1.0), and a
-    duplicate weighs one video twice: both change a result, so both are errors.
-    """
-    first: dict[str, _Listed] = {}
-    both: list[tuple[_Listed, _Listed]] = []
-    for cur in entries:
-        prev = first.setdefault(cur.video, cur)
-        if prev is cur:
-            continue
-        if prev.label != cur.label:
-            raise DatasetError(
-                f"{cur.where}: {cur.video!r} is listed with label {cur.label!r}, but with label {prev.label!r} "
-                f"at {prev.where}; a video has one label: list it once"
-            )
-        if {prev.part, cur.part} == {"train", "test"}:
-            both.append((prev, cur) if prev.part == "train" else (cur, prev))
-        else:
-            raise DatasetError(f"{cur.where}: {cur.video!r} is listed a second time (first at {prev.where}); list each video once")
-    if both:
-        train, test = both[0]
-        names = ", ".join(t.video for t, _ in both[:5]) + (" ..." if len(both) > 5 else "")
-        raise DatasetError(
-            f"{len(both)} video(s) are in both the train list {train.file} and the test list {test.file} "
-            f"(first: {train.where} and {test.where}): {names}; a test video must not be in the train list"
-        )
-
-
-def _require_videos(records: list, source: Path | str, what: str) -> None:
-    """An empty subset trains or evaluates on nothing: an error naming the list it came from."""
-    if not records:
-        raise DatasetError(f"{source}: lists no videos for {what}; expected at least one video")
+log = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------- UCF101
@@ -280,7 +37,7 @@ def _require_videos(records: list, source: Path | str, what: str) -> None:
 def read_class_index(file: Path) -> list[str]:
     """UCF101 ``classInd.txt`` ("1 ApplyEyeMakeup" per line) as class names in label order."""
     names: dict[int, str] = {}
-    for n, fields in _lines(file):
+    for n, fields in read_lines(file):
         if len(fields) != 2 or not fields[0].isdigit():
             raise DatasetError(f"{file}:{n}: expected '<index> <ClassName>', got {' '.join(fields)!r}")
         idx = int(fields[0])
@@ -292,23 +49,23 @@ def read_class_index(file: Path) -> list[str]:
     return [names[i] for i in range(1, len(names) + 1)]
 
 
-def _ucf_entries(file: Path, part: str, classes: list[str], video_root: Path) -> list[tuple[VideoRecord, _Listed]]:
+def _ucf_entries(file: Path, part: str, classes: list[str], video_root: Path) -> list[tuple[VideoRecord, Listed]]:
     lookup = {c: i for i, c in enumerate(classes)}
     out = []
-    for n, fields in _lines(file):
+    for n, fields in read_lines(file):
         if len(fields) > 2 or (len(fields) == 2 and not fields[1].isdigit()):
             raise DatasetError(f"{file}:{n}: expected '<Class>/<video> [<label>]', got {' '.join(fields)!r}")
-        rel = _normalise(fields[0], file, n, video_root)
+        rel = normalise_entry(fields[0], file, n, video_root)
         cls = rel.split("/")[0] if "/" in rel else None
         if cls not in lookup:
             raise DatasetError(f"{file}:{n}: unknown class {cls!r} in {fields[0]!r}; known classes are those of classInd.txt")
         label = lookup[cls]
         if len(fields) == 2 and int(fields[1]) != label + 1:
             raise DatasetError(f"{file}:{n}: label {fields[1]} does not match class {cls} of {rel!r} (index {label + 1} in classInd.txt)")
-        path = _resolve_video(video_root, rel)
+        path = resolve_video(video_root, rel)
         if path is None:
             raise DatasetError(f"{file}:{n}: video {fields[0]!r} not found under {video_root}")
-        out.append((VideoRecord(str(path), label, _key(path, video_root)), _Listed(file, n, rel, cls, part)))
+        out.append((VideoRecord(str(path), label, video_key(path, video_root)), Listed(file, n, rel, cls, part)))
     return out
 
 
@@ -330,20 +87,20 @@ def load_ucf101(
     video raises :class:`DatasetError`.
     """
     _check_split_subset(split, subset)
-    ann, video_root = _locate(root, annotations, videos, ("ucfTrainTestlist",), ("UCF-101",))
-    classes = read_class_index(_first_existing([ann / "classInd.txt"], "classInd.txt", ann))
+    ann, video_root = locate(root, annotations, videos, ("ucfTrainTestlist",), ("UCF-101",))
+    classes = read_class_index(first_existing([ann / "classInd.txt"], "classInd.txt", ann))
     wanted = ("train", "test") if subset == "all" else (subset,)
-    parts: dict[str, list[tuple[VideoRecord, _Listed]]] = {}
+    parts: dict[str, list[tuple[VideoRecord, Listed]]] = {}
     for part in ("train", "test"):
         lst = ann / f"{part}list{split:02d}.txt"
         if part in wanted:
-            _first_existing([lst], lst.name, ann)
+            first_existing([lst], lst.name, ann)
             parts[part] = _ucf_entries(lst, part, classes, video_root)
-            _require_videos(parts[part], lst, f"the {part} subset of split {split}")
+            require_videos(parts[part], lst, f"the {part} subset of split {split}")
         elif lst.exists():
             parts[part] = _ucf_entries(lst, part, classes, video_root)
-    _check_listed(listed for entries in parts.values() for _, listed in entries)
-    records = _with_counts([r for part in wanted for r, _ in parts[part]], video_root, progress)
+    check_listed(listed for entries in parts.values() for _, listed in entries)
+    records = with_counts([r for part in wanted for r, _ in parts[part]], video_root, progress)
     return VideoDataset("ucf101", str(video_root), classes, records, split, subset, extra=_generator(Path(root)))
 
 
@@ -376,7 +133,7 @@ def load_hmdb51(
     (or frame folders of the same name).
     """
     _check_split_subset(split, subset)
-    ann, video_root = _locate(root, annotations, videos, ("testTrainMulti_7030_splits",), ("hmdb51_org",))
+    ann, video_root = locate(root, annotations, videos, ("testTrainMulti_7030_splits",), ("hmdb51_org",))
     suffix = f"_test_split{split}.txt"
     # Sort by class name, not by file name: "climb_stairs_test..." sorts before "climb_test..."
     # ('_' < 't'), but the class "climb" comes before "climb_stairs".
@@ -386,35 +143,35 @@ def load_hmdb51(
     classes = [f.name[: -len(suffix)] for f in files]
     wanted = {"train": {"train"}, "test": {"test"}, "all": {"train", "test"}}[subset]
     listed = [entry for cls, file in zip(classes, files) for entry in _hmdb_lines(file, cls, video_root)]
-    _check_listed(listed)
+    check_listed(listed)
     lookup = {c: i for i, c in enumerate(classes)}
     records = []
     for entry in listed:
         if entry.part in wanted:
-            path = _resolve_video(video_root, entry.video)
+            path = resolve_video(video_root, entry.video)
             if path is None:
                 raise DatasetError(f"{entry.where}: video {entry.video} not found under {video_root}")
-            records.append(VideoRecord(str(path), lookup[entry.label], _key(path, video_root)))
-    _require_videos(records, ann / f"*_test_split{split}.txt", f"the {subset} subset of split {split}")
-    records = _with_counts(records, video_root, progress)
+            records.append(VideoRecord(str(path), lookup[entry.label], video_key(path, video_root)))
+    require_videos(records, ann / f"*_test_split{split}.txt", f"the {subset} subset of split {split}")
+    records = with_counts(records, video_root, progress)
     return VideoDataset("hmdb51", str(video_root), classes, records, split, subset)
 
 
 _HMDB_PARTS = {"0": "unused", "1": "train", "2": "test"}
 
 
-def _hmdb_lines(file: Path, cls: str, video_root: Path) -> list[_Listed]:
+def _hmdb_lines(file: Path, cls: str, video_root: Path) -> list[Listed]:
     """The lines of one ``<class>_test_splitN.txt`` as listed videos of class ``cls``."""
     out = []
-    for n, fields in _lines(file):
+    for n, fields in read_lines(file):
         if len(fields) != 2 or fields[1] not in _HMDB_PARTS:
             raise DatasetError(f"{file}:{n}: expected '<video>.avi <0|1|2>', got {' '.join(fields)!r}")
-        video = _normalise(f"{cls}/{fields[0]}", file, n, video_root)
+        video = normalise_entry(f"{cls}/{fields[0]}", file, n, video_root)
         if posixpath.dirname(video) != cls:
             raise DatasetError(
                 f"{file}:{n}: {fields[0]!r} leaves the folder of class {cls}; a line names a video of this class: '<video>.avi <0|1|2>'"
             )
-        out.append(_Listed(file, n, video, cls, _HMDB_PARTS[fields[1]]))
+        out.append(Listed(file, n, video, cls, _HMDB_PARTS[fields[1]]))
     return out
 
 
@@ -451,7 +208,7 @@ def load_csv(
     rows = _csv_rows(csv_file)
     classes, to_label = _label_mapping([(n, lab) for n, _, lab, _ in rows if lab is not None], classes, csv_file)
     paths = {n: Path(os.path.normpath(base / path_text)) for n, path_text, _, _ in rows}
-    _check_listed(_Listed(csv_file, n, _shown(paths[n], base), lab or "", part or "") for n, _, lab, part in rows)
+    check_listed(Listed(csv_file, n, _shown(paths[n], base), lab or "", part or "") for n, _, lab, part in rows)
     records = []
     for n, path_text, lab, part in rows:
         if subset != "all" and part is not None and part != subset:
@@ -459,9 +216,9 @@ def load_csv(
         path = paths[n]
         if not path.exists():
             raise DatasetError(f"{csv_file}:{n}: video {path_text!r} not found (relative paths are taken from {base})")
-        records.append(VideoRecord(str(path), to_label(lab, n), _key(path, base) if path.is_relative_to(base) else str(path)))
-    _require_videos(records, csv_file, f"subset {subset!r}")
-    records = _with_counts(records, base, progress)
+        records.append(VideoRecord(str(path), to_label(lab, n), video_key(path, base) if path.is_relative_to(base) else str(path)))
+    require_videos(records, csv_file, f"subset {subset!r}")
+    records = with_counts(records, base, progress)
     return VideoDataset(csv_file.stem, str(base), classes, records, None, subset)
 
 
@@ -584,11 +341,13 @@ def _check_split_subset(split: int, subset: str) -> None:
 
 
 def detect_format(path: str | os.PathLike) -> str:
-    """'csv', 'ucf101' or 'hmdb51' from what lies at ``path``."""
+    """'csv', 'ucf101', 'hmdb51', 'ssv2', 'diving48' or 'kinetics' from what lies at ``path``."""
     p = Path(path)
     if not p.exists():
-        raise DatasetError(f"{p}: no such file or folder; give the root of a UCF101/HMDB51 copy or a CSV list")
+        raise DatasetError(f"{p}: no such file or folder; give the root of a data set copy or a CSV list")
     if p.is_file() and p.suffix.lower() in (".csv", ".txt"):
+        if official.is_kinetics_csv(p):
+            raise DatasetError(f"{p}: an official Kinetics list; give the folder that holds train.csv and validate.csv (format 'kinetics')")
         return "csv"
     for ann in (p / "ucfTrainTestlist", p / "splits", p / "annotations", p):
         if (ann / "classInd.txt").exists():
@@ -597,21 +356,44 @@ def detect_format(path: str | os.PathLike) -> str:
             return "hmdb51"
     if (p / "testTrainMulti_7030_splits").is_dir():
         return "hmdb51"
+    fmt = official.detect_official(p)
+    if fmt:
+        return fmt
     raise DatasetError(
-        f"{p}: cannot tell the data set format: expected a CSV file, a UCF101 layout (classInd.txt) "
-        "or an HMDB51 layout (<class>_test_split1.txt); pass the format explicitly"
+        f"{p}: cannot tell the data set format: expected a CSV file, a UCF101 layout (classInd.txt), "
+        "an HMDB51 layout (<class>_test_split1.txt), Something-Something v2 (something-something-v2-labels.json), "
+        "Diving48 (Diving48_vocab.json) or Kinetics (train.csv/validate.csv); pass the format explicitly"
     )
 
 
 def open_dataset(
-    path: str | os.PathLike, *, format: str = "auto", split: int = 1, subset: str = "train", progress: bool = True
+    path: str | os.PathLike, *, format: str = "auto", split: int = 1, subset: str = "train", missing: str = "skip", progress: bool = True
 ) -> VideoDataset:
-    """Open a data set by path; ``format`` is one of ``auto``, ``ucf101``, ``hmdb51``, ``csv``."""
+    """Open a data set by path; ``format`` is one of :data:`FORMATS`.
+
+    ``missing`` is what Kinetics does with a listed video that is not on disk: ``"skip"`` (named
+    in ``extra["missing"]`` and in one warning) or ``"error"``; every other format refuses one.
+    """
     if format not in FORMATS:
         raise DatasetError(f"unknown data set format {format!r}; choose one of {', '.join(FORMATS)}")
+    if missing not in official.MISSING:
+        raise DatasetError(f"missing must be one of {', '.join(official.MISSING)}, got {missing!r}")
     fmt = detect_format(path) if format == "auto" else format
+    if fmt in official.ONE_SPLIT_FORMATS:
+        ds = official.open_official(fmt, path, split=split, subset=subset, missing=missing, progress=progress)
+        if ds.extra.get("missing"):
+            log.warning("%s: %s; skipped (missing='error' refuses them)", ds.root, official.missing_summary(ds.extra["missing"]))
+        return ds
     if fmt == "ucf101":
         return load_ucf101(path, split=split, subset=subset, progress=progress)
     if fmt == "hmdb51":
         return load_hmdb51(path, split=split, subset=subset, progress=progress)
     return load_csv(path, subset=subset, progress=progress)
+
+
+def open_data(data: DataConfig, *, subset: str, split: int | None = None, progress: bool = False) -> VideoDataset:
+    """The ``subset`` of the data set a :class:`~core.config.DataConfig` names (its path, format, split
+    unless ``split`` is given, and what to do with missing videos)."""
+    return open_dataset(data.path, format=data.format, split=data.split if split is None else split, subset=subset,
+                        missing=data.missing, progress=progress)
+

@@ -152,10 +152,11 @@ class EpochSampler(Sampler):
 
     def __init__(self, n: int, *, shuffle: bool, seed: int = 0, rank: int = 0, world_size: int = 1, pad: bool = True):
         self.n, self.shuffle, self.seed, self.rank, self.world_size, self.pad = n, shuffle, seed, rank, world_size, pad
-        self.epoch = 0
+        self.epoch = self.skip = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        """Yield ``epoch``'s samples from the ``skip``-th of this rank on (a run resumed mid-epoch)."""
+        self.epoch, self.skip = epoch, skip
 
     def _order(self) -> list[int]:
         if not self.shuffle:
@@ -168,7 +169,7 @@ class EpochSampler(Sampler):
         if self.pad and self.n:
             total = math.ceil(self.n / self.world_size) * self.world_size
             order = (order * math.ceil(total / self.n))[:total]
-        return iter((i, self.epoch) for i in order[self.rank :: self.world_size])
+        return iter((i, self.epoch) for i in order[self.rank :: self.world_size][self.skip :])
 
     def __len__(self) -> int:
         if self.pad:
@@ -185,15 +186,19 @@ class VideoLoader:
         self.sampler = sampler
         self.strict = strict
         self.skipped: dict[str, str] = {}  # path -> reason, for every video skipped so far
+        self.drawn = 0  # batches of the current epoch drawn so far (whole ones, usable or not)
 
-    def set_epoch(self, epoch: int) -> None:
-        self.sampler.set_epoch(epoch)
+    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
+        """Start ``epoch``, after its first ``skip_batches`` batches when a run resumes mid-epoch."""
+        self.sampler.set_epoch(epoch, skip_batches * self.loader.batch_size)
+        self.drawn = skip_batches
 
     def __len__(self) -> int:
         return len(self.loader)
 
     def __iter__(self) -> Iterator[dict]:
         for batch in self.loader:
+            self.drawn += 1
             if self.strict and batch["skipped"]:
                 raise CorruptVideo(*batch["skipped"][0])
             for path, reason in batch["skipped"]:
