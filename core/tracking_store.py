@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -111,10 +112,53 @@ def open_client(uri: str):
         return MlflowClient(tracking_uri=uri)
     try:
         with file_lock(db.with_name(db.name + ".lock"), timeout=STORE_LOCK_TIMEOUT_S):
+            if not db.exists() or db.stat().st_size == 0:
+                _copy_empty_store(db)
             return MlflowClient(tracking_uri=uri)
     except LockTimeout as err:
         raise LockTimeout(f"cannot open the MLflow store {uri}: {err}; that process is creating or migrating the store: let it "
                           "finish (or end it, if it hangs), then try again") from None
+
+
+def _copy_empty_store(db: Path) -> None:
+    """Make the new sqlite store ``db`` as a copy of an empty one MLflow created and migrated once
+    (per MLflow version, under ``~/.cache/vsbench/``): creating and migrating a store costs 1-2 s, a
+    copy milliseconds, and every cluster job and test makes stores of its own. The copy's Default
+    experiment is pointed where MLflow would have put it (``./mlruns/0``). Any failure leaves the
+    store for MLflow to create."""
+    import shutil
+    import sqlite3
+
+    import mlflow
+
+    from core.io import atomic_write
+
+    template = Path.home() / ".cache" / "vsbench" / f"mlflow-{mlflow.__version__}-empty.db"
+    try:
+        if not template.exists():
+            _make_template(template)
+        db.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(db) as out, open(template, "rb") as source:
+            shutil.copyfileobj(source, out)
+        with contextlib.closing(sqlite3.connect(db)) as con, con:
+            con.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0", (str(Path.cwd().resolve() / "mlruns" / "0"),))
+    except (OSError, sqlite3.Error) as err:
+        log.debug("no template copy for %s (%s); MLflow creates it", db, err)
+        db.unlink(missing_ok=True)
+
+
+def _make_template(template: Path) -> None:
+    """The empty store MLflow makes, written once under a lock (a finished file, never a half-made one)."""
+    from mlflow.tracking import MlflowClient
+
+    template.parent.mkdir(parents=True, exist_ok=True)
+    with file_lock(template.with_name(template.name + ".lock"), timeout=STORE_LOCK_TIMEOUT_S):
+        if template.exists():
+            return
+        partial = template.with_name(f".{template.name}.{os.getpid()}.partial")
+        partial.unlink(missing_ok=True)
+        MlflowClient(tracking_uri=f"sqlite:///{partial}").search_experiments()
+        os.replace(partial, template)
 
 
 def experiment_id(client, name: str, artifacts: Path | None) -> str:
