@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import logging
 import os
 import time
@@ -71,7 +72,7 @@ class SlurmSettings:
     array_parallelism: int = 32  # jobs of the suite running at once
     setup: list[str] = field(default_factory=list)  # shell lines before the job, e.g. "source .venv/bin/activate"
     folder: str = ""  # logs, job records and per-job stores; default <pretrain.output_dir>/slurm
-    poll_s: float = 60.0  # how often --wait asks the scheduler (sacct queries the cluster's database)
+    poll_s: float = 60.0  # how often --wait asks the scheduler (squeue)
 
     def __post_init__(self) -> None:
         check_bounds(self, {"nodes": Bound(1, integer=True), "gpus_per_node": Bound(0, integer=True),
@@ -98,7 +99,10 @@ def job_folder(settings: SlurmSettings, output_dir: str) -> Path:
 
 def make_executor(launcher: str, settings: SlurmSettings, folder: Path):
     """submitit's executor for ``launcher`` with the job resources of ``settings`` (logs in ``folder/logs``)."""
-    import submitit
+    try:
+        import submitit
+    except ImportError as err:
+        raise ConfigError(f"--launcher {launcher} submits through submitit, which is not installed: pip install -e '.[slurm]'") from err
 
     logs = folder / "logs" / "%j"
     if launcher == "slurm":
@@ -137,8 +141,6 @@ class JobBook:
         return self.folder / JOBS_FILE
 
     def read(self) -> dict[str, dict]:
-        import json
-
         try:
             record = json.loads(self.path.read_text(encoding="utf-8"))
         except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
@@ -146,8 +148,6 @@ class JobBook:
         return record.get(self.suite_hash, {}) if isinstance(record, dict) else {}
 
     def record(self, entries: dict[str, dict]) -> None:
-        import json
-
         self.folder.mkdir(parents=True, exist_ok=True)
         with file_lock(self.folder / (JOBS_FILE + ".lock"), timeout=60):
             try:
@@ -184,7 +184,7 @@ def _slurm_queue() -> dict[str, str]:
         out = subprocess.run(["squeue", "-h", "-r", "-u", getpass.getuser(), "-o", "%i|%T"], capture_output=True, text=True,
                              check=True, timeout=60).stdout
     except (OSError, subprocess.SubprocessError) as err:
-        raise RuntimeError(f"cannot ask SLURM which jobs are queued (squeue: {err}); run this where SLURM's commands work") from err
+        raise ConfigError(f"cannot ask SLURM which jobs are queued (squeue: {err}); run this where SLURM's commands work") from err
     return dict(line.split("|", 1) for line in out.splitlines() if "|" in line)
 
 
@@ -244,7 +244,6 @@ class SuiteJob:
     def _record_attempt(self) -> None:
         """``<store_dir>/attempts.json``: where and when each attempt of the job ran (rank 0), so a
         requeued job's history is one file away."""
-        import json
         import socket
 
         import submitit
