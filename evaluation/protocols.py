@@ -24,7 +24,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
-from core.config import ConfigError
+from core.config import LATER_FIELDS, ConfigError, to_dict
 from core.data.encoder_input import ENCODER_MODALITIES as MODALITIES, EncoderTraining, InputConvention
 
 LAYERS = ("pooled", "conv5_maxpool")  # global average pool of layer4, or IIC's (1,2,2) max-pooled, flattened conv5
@@ -39,21 +39,12 @@ class Protocol:
     name = "protocol"
 
     def fields(self) -> dict:
-        return _without_later_defaults(dataclasses.asdict(self))
+        """Every field, but those added later at the value every protocol had before (core.config.LATER_FIELDS)."""
+        return to_dict(self)
 
     def hash(self) -> str:
         text = json.dumps({"name": self.name, **self.fields()}, sort_keys=True, default=str)
         return hashlib.sha1(text.encode()).hexdigest()[:10]
-
-
-#: Fields added after protocols were published, left out of a hash at these values (what every
-#: protocol did before the field existed), so every earlier hash stays what it was.
-_LATER_FIELDS = {"normalize_stats": (None, "imagenet"), "ties": ("lowest_index",), "train_videos": (None,), "train_videos_seed": (0,)}
-
-
-def _without_later_defaults(d: dict) -> dict:
-    return {k: _without_later_defaults(v) if isinstance(v, dict) else v for k, v in d.items()
-            if not (k in _LATER_FIELDS and v in _LATER_FIELDS[k])}
 
 
 @dataclass(frozen=True)
@@ -176,6 +167,13 @@ class FinetuneProtocol(Protocol):
     def input_convention(self) -> InputConvention:
         """The convention the classifier's clips are fed with; needs a resolved protocol (:func:`resolve`)."""
         return _convention(self, self.modality)
+
+
+# Fields added after protocols were published, left out of a hash at these values (what every
+# protocol did before the field existed), so every earlier hash stays what it was.
+LATER_FIELDS[FeatureProtocol] = {"normalize_stats": (None, "imagenet")}
+LATER_FIELDS[RetrievalProtocol] = {"ties": ("lowest_index",)}
+LATER_FIELDS[FinetuneProtocol] = {"normalize_stats": (None, "imagenet"), "train_videos": (None,), "train_videos_seed": (0,)}
 
 
 def _check_stride(stride: int | None) -> None:
