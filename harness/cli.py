@@ -303,7 +303,8 @@ def _add_run(commands) -> None:
         "Before the first run trains, the whole suite is checked: every key of every row, the backbones, the evaluation "
         "split against data.split, every k of kNN and retrieval against the gallery (the train split), and every video of "
         "the evaluated train and test lists (probed, not decoded). Runs already finished with the same configuration are "
-        "skipped unless --force. Suites ship in benchmarks/suites/.",
+        "skipped unless --force. The jobs run here one after another, or each as a SLURM job (--launcher slurm; "
+        "docs/scale.md). Suites ship in benchmarks/suites/.",
     )
     p.add_argument("suite", type=Path, help="suite file, e.g. benchmarks/suites/smoke.toml")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
