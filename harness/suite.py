@@ -511,6 +511,9 @@ def _low_shot_row(n: int, job: Job, encoder: str | None, backbone: str, method: 
     from evaluation.finetune import run_finetune
     from harness.train import load_checkpoint, saved_training, train_classifier
 
+    if encoder and not Path(encoder).exists():  # the row finished before, and its run folder was cleared since
+        raise ConfigError(f"low_shot = {suite.low_shot}: row {job.row!r} needs its encoder {encoder}, which is gone; "
+                          "rerun the suite with --force to train it again")
     protocol = dataclasses.replace(evaluation.finetune, train_videos=n)
     from harness.report import low_shot_label
 
