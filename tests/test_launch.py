@@ -164,3 +164,13 @@ def test_slurm_settings_are_checked():
         SlurmSettings(time_min=10, signal_delay_s=600)
     with pytest.raises(ValueError, match="gpus_per_node"):
         SlurmSettings(gpus_per_node=-1)
+
+
+@pytest.mark.slow  # two job processes
+def test_the_tasks_of_a_job_form_one_process_group(tmp_path):
+    from harness.launch import make_executor
+    from tests.job_tasks import ranks_and_sum
+
+    settings = SlurmSettings(gpus_per_node=2, cpus_per_task=1, time_min=5, signal_delay_s=30)  # 2 tasks, gloo on the CPU
+    job = make_executor("submitit-local", settings, tmp_path).submit(ranks_and_sum)
+    assert sorted(job.results()) == [(0, 2, 3.0), (1, 2, 3.0)]
