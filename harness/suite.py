@@ -495,7 +495,10 @@ def run_job(job: Job, suite: Suite, evaluation, parent_id: str | None, force: bo
 def job_entry(suite_path: str, contents: dict, job: Job, parent_id: str | None, force: bool, tracking_uri: str) -> list[dict]:
     """What a cluster job runs (:class:`harness.launch.SuiteJob`): the suite read again from its
     resolved contents (checked whole before it was submitted), then :func:`run_job`."""
+    from core.data.cache import reserve as reserve_frame_cache
+
     suite = load_suite(suite_path, contents=contents)
+    reserve_frame_cache(suite.data.cache_gb)  # as a local suite does before its first job (reference rows evaluate at once)
     return run_job(job, suite, eval_config(suite), parent_id, force, tracking_uri)
 
 

@@ -664,6 +664,7 @@ class Pretraining:
             if preemption.stop_requested(self.state.step):
                 raise _StopRequested
             t_prev = time.perf_counter()
+        self._rng_after_first_batch = None  # still set: stopped after an epoch's last step, so no batch was drawn here
         self._account_skipped()
         if self.epoch_steps == 0:
             raise self._nothing_trained(f"epoch {self.state.epoch} made no step: every one of its micro-batches was undecodable")

@@ -46,7 +46,7 @@ def _config(data, folder, workers: int) -> PretrainConfig:
     return cfg
 
 
-@pytest.mark.parametrize("stop_after,workers", [(7, 2)])  # mid-epoch 1, loader processes (tests/test_launch.py: mid-epoch, no workers)
+@pytest.mark.parametrize("stop_after,workers", [(7, 2), (5, 0)])  # mid-epoch 1 with loader processes; the last step of epoch 0
 def test_a_stopped_run_resumes_mid_epoch_to_the_same_parameters(motionshapes_tiny, tmp_path, moco_signalling, stop_after, workers):
     full = pretrain(_config(motionshapes_tiny, tmp_path / "full", workers))
     SIGNAL_AT[0] = stop_after
@@ -55,8 +55,9 @@ def test_a_stopped_run_resumes_mid_epoch_to_the_same_parameters(motionshapes_tin
         pretrain(config, resume=True)
     [run_dir] = [p for p in (tmp_path / "stopped").iterdir() if p.is_dir() and p.name != "mlartifacts"]
     saved = load_checkpoint(run_dir / CHECKPOINT)
-    assert (saved["step"], saved["epoch"], saved["epoch_steps"], saved["finished"]) == (stop_after, stop_after // 5, stop_after % 5, False)
-    assert saved["epoch_batches"] == stop_after % 5  # one batch per step: nothing undecodable, no accumulation
+    epoch, done = divmod(stop_after - 1, 5)  # 5 steps per epoch; a stop after an epoch's last step is still in that epoch
+    assert (saved["step"], saved["epoch"], saved["epoch_steps"], saved["finished"]) == (stop_after, epoch, done + 1, False)
+    assert saved["epoch_batches"] == done + 1  # one batch per step: nothing undecodable, no accumulation
     client = MlflowClient(config.tracking_uri)
     [killed] = client.search_runs([client.get_experiment_by_name("vsbench").experiment_id])
     assert killed.info.status == "KILLED"  # a requeued segment, not a failure
