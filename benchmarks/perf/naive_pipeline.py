@@ -2,15 +2,22 @@
 
 Augmentation on the CPU, one frame at a time, with torchvision's functional ops on each (C, H, W)
 frame and parameters drawn once per clip (so the work is the same as vsbench's batched pipeline,
-only organised the way the seed code does it), then a float copy to the device.
-:class:`NaiveAugment` stands in for the harness's ``DeviceAugment`` in ``Pretraining``.
+only organised the way the seed code does it), then a float copy to the device. Two ways in:
+
+- :class:`NaiveAugment` stands in for the harness's ``DeviceAugment`` in ``Pretraining``: the
+  augmentation runs in the training process (step benchmarks on batches held in memory);
+- :class:`SeedStyleClips` is a ``ClipDataset`` whose loader workers augment each video after
+  decoding it, as the seed repositories' ``Dataset.__getitem__`` does; :class:`ToDevice` then
+  replaces ``DeviceAugment`` (end-to-end benchmarks with real decoding, ``benchmarks/gpu``).
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
 
+from core.data.loader import ClipDataset
 from core.data.transforms import AugmentConfig, VideoAugment, sample_crop_params
 
 
@@ -41,20 +48,49 @@ def per_frame_clip(clip: torch.Tensor, g: torch.Generator, cfg: AugmentConfig) -
     return torch.stack(frames, dim=1)
 
 
+def augment_video(sample: dict, g: torch.Generator, spec) -> dict:
+    """One video's uint8 clips -> float clips: ``rgb`` (clips, T, H, W, 3) frame by frame,
+    ``flow`` (clips, T, H, W, 2) clip by clip (geometry only); other keys are kept."""
+    out = dict(sample)
+    out["rgb"] = torch.stack([per_frame_clip(c, g, spec.augment) for c in sample["rgb"]])
+    if "flow" in sample:
+        out["flow"] = VideoAugment(spec.augment, flow=True, negate_u_on_flip=spec.flow_flip_negates_u)(sample["flow"], g)
+    return out
+
+
 class NaiveAugment:
-    """CPU per-frame augmentation of a loader batch, then a float32 copy to ``device``."""
+    """CPU per-frame augmentation of a loader batch in the training process, then a float32 copy to ``device``."""
 
     def __init__(self, spec, device: torch.device, seed: int = 0):
         self.spec, self.device = spec, device
         self.generator = torch.Generator().manual_seed(seed)
-        self.flow = VideoAugment(spec.augment, flow=True, negate_u_on_flip=spec.flow_flip_negates_u)
 
     def __call__(self, batch: dict) -> dict:
+        b, clips = batch["rgb"].shape[:2]
+        videos = [augment_video({m: batch[m][i] for m in ("rgb", "flow") if m in batch}, self.generator, self.spec) for i in range(b)]
         out = {k: v.to(self.device) for k, v in batch.items() if isinstance(v, torch.Tensor) and k not in ("rgb", "flow")}
-        rgb = batch["rgb"]  # (B, clips, T, H, W, 3) uint8
-        clips = [per_frame_clip(c, self.generator, self.spec.augment) for c in rgb.flatten(0, 1)]
-        out["rgb"] = torch.stack(clips).unflatten(0, rgb.shape[:2]).to(self.device)
-        if "flow" in batch:
-            flow = batch["flow"]
-            out["flow"] = self.flow(flow.flatten(0, 1), self.generator).unflatten(0, flow.shape[:2]).to(self.device)
+        out.update({m: torch.stack([v[m] for v in videos]).to(self.device) for m in videos[0]})
         return out
+
+
+class SeedStyleClips(ClipDataset):
+    """A ``ClipDataset`` whose workers augment every decoded video on the CPU, frame by frame
+    (:func:`augment_video`), with a generator drawn from (seed, epoch, video index)."""
+
+    def __getitem__(self, item: int | tuple[int, int]) -> dict:
+        sample = super().__getitem__(item)
+        if "skipped" in sample:
+            return sample
+        index, epoch = item if isinstance(item, tuple) else (item, 0)
+        seed = int(np.random.SeedSequence([self.seed, epoch, index]).generate_state(1)[0])
+        return augment_video(sample, torch.Generator().manual_seed(seed), self.request)
+
+
+class ToDevice:
+    """Stands in for ``DeviceAugment`` when the loader already delivers augmented float clips."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+
+    def __call__(self, batch: dict) -> dict:
+        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items() if isinstance(v, torch.Tensor)}

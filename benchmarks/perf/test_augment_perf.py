@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from core.data.transforms import AugmentConfig, VideoAugment
-from naive_pipeline import per_frame_clip  # benchmarks/perf/naive_pipeline.py
+from benchmarks.perf.naive_pipeline import per_frame_clip
 
 T, H, W = 16, 128, 171
 CFG = AugmentConfig()

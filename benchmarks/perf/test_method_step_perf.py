@@ -32,7 +32,7 @@ from core.data.mds import compute_mds
 from core.data.synthetic import PRESETS, generate_motionshapes
 from harness.train import Pretraining
 from methods.base import list_methods
-from naive_pipeline import NaiveAugment  # benchmarks/perf/naive_pipeline.py
+from benchmarks.perf.naive_pipeline import NaiveAugment
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"

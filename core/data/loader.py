@@ -219,10 +219,16 @@ def make_loader(
     seed: int = 0,
     rank: int = 0,
     world_size: int = 1,
+    dataset_class: type[ClipDataset] = ClipDataset,
+    prefetch_factor: int = 4,
 ) -> VideoLoader:
     """A training loader (shuffled, tail batch dropped, skips undecodable videos) or an
-    evaluation loader (fixed order, every video once across ranks, no dropped tail, strict)."""
-    dataset = ClipDataset(videos, request, seed=seed, strict=False)  # errors travel in the batch, see VideoLoader
+    evaluation loader (fixed order, every video once across ranks, no dropped tail, strict).
+
+    ``dataset_class`` and ``prefetch_factor`` exist for the throughput benchmarks, which run the
+    seed repositories' pipeline (a ``ClipDataset`` that augments in the workers, PyTorch's default
+    prefetch of 2) through the same loader."""
+    dataset = dataset_class(videos, request, seed=seed, strict=False)  # errors travel in the batch, see VideoLoader
     sampler = EpochSampler(len(videos), shuffle=train, seed=seed, rank=rank, world_size=world_size, pad=train)
     loader = DataLoader(
         dataset,
@@ -233,6 +239,6 @@ def make_loader(
         pin_memory=torch.cuda.is_available(),
         drop_last=train,
         persistent_workers=workers > 0,
-        prefetch_factor=4 if workers > 0 else None,
+        prefetch_factor=prefetch_factor if workers > 0 else None,
     )
     return VideoLoader(loader, sampler, strict=not train)
