@@ -155,6 +155,8 @@ def _add_data_flow(sub) -> None:
     p.add_argument("--algorithm", default="dis", choices=("dis", "tvl1"), help="OpenCV DIS (default) or TV-L1 (needs opencv-contrib)")
     p.add_argument("--bound", type=float, default=20.0, help="flow is clipped to +-bound pixels before quantization (default 20)")
     p.add_argument("--short-side", type=int, help="resize frames to this short side before computing flow (default: as stored)")
+    p.add_argument("--backend", default="decord", choices=("decord", "pyav"),
+                   help="video decoder for the frames (default decord; both give the same frames)")
     p.add_argument("--workers", type=int, default=None, help="processes (default: all CPU cores)")
     p.set_defaults(func=_cmd_flow)
 
@@ -166,7 +168,8 @@ def _cmd_flow(args) -> int:
     videos = open_dataset(args.data, format=args.format, subset="all")
     out = args.out or Path(args.data) / "flow"
     pairs = [(r.path, Path(r.path).stem) for r in videos.records]
-    summary = compute_flow_cache(pairs, out, algorithm=args.algorithm, bound=args.bound, short_side=args.short_side, workers=args.workers)
+    summary = compute_flow_cache(pairs, out, algorithm=args.algorithm, bound=args.bound, short_side=args.short_side, workers=args.workers,
+                                 backend=args.backend)
     failed = summary["failed"]
     print(f"flow cache at {out}: {len(summary['computed'])} videos computed, {len(summary['skipped_existing'])} already present, {len(failed)} failed")
     return _failures(failed)

@@ -317,7 +317,7 @@ def _check_before_running(suite: Suite, registered: list[str], rows: list[tuple[
             raise ConfigError(f"{suite.path}: checkpoints[{rows_of[row]}] and checkpoints[{i}] are both row {row[0]!r} on "
                               f"{row[1]}; list each file once per backbone (a paper protocol goes in the same entry)")
         rows_of[row] = i
-    _check_against_data(suite)
+    _check_against_data(suite, rows)
 
 
 def _check_external(suite: Suite, index: int, ext: ExternalCheckpoint) -> str:
@@ -336,8 +336,9 @@ def _check_external(suite: Suite, index: int, ext: ExternalCheckpoint) -> str:
     return report.label
 
 
-def _check_against_data(suite: Suite) -> None:
-    """The evaluation settings against the data: the split, the gallery size, decodable videos."""
+def _check_against_data(suite: Suite, rows: list[tuple[str, str, dict]]) -> None:
+    """The evaluation settings against the data: the split, the gallery size, decodable videos,
+    clips that fit the shortest video."""
     from evaluation.evaluate import eval_data
     from core.data.datasets import DatasetError
 
@@ -346,13 +347,40 @@ def _check_against_data(suite: Suite) -> None:
     if not Path(suite.data.path).exists():
         raise DatasetError(f"{suite.path}: data.path = {suite.data.path!r}: no such file or folder")
     try:
-        train, _ = eval_data(suite.data, evaluation)
+        train, test = eval_data(suite.data, evaluation)
     except ConfigError as err:
         raise ConfigError(f"{suite.path}: {err}") from err
+    _check_clip_spans(suite, rows, [r for split in (train, test) for r in split if r.ok], evaluation.features)
     readable = sum(r.ok for r in train)
     if suite.low_shot and max(suite.low_shot) > readable:
         raise ConfigError(f"{suite.path}: low_shot = {suite.low_shot}: the train split of {suite.data.path} has {readable} readable "
                           f"videos; valid: every N at most {readable}")
+
+
+def _check_clip_spans(suite: Suite, rows: list[tuple[str, str, dict]], videos: list, features) -> None:
+    """Every pretrained row's evaluation clips fit the shortest video evaluated: evaluation never
+    loops or pads a video, so a longer clip would stop that row's evaluation after it has trained.
+    A row is evaluated at ``eval.features.stride``, or else at the stride it trains at."""
+    from backbones import create_backbone
+    from core.data.encoder_input import training_stride
+    from core.data.request import clip_span
+    from methods.base import create_method
+
+    if not videos:
+        return
+    shortest = min(videos, key=lambda r: r.num_frames)
+    for row, method, ablation_args in rows:
+        stride = features.stride
+        if stride is None:
+            args = {**suite.pretrain.get("method_args", {}), **suite.overrides.get(method, {}).get("method_args", {}), **ablation_args}
+            spec = create_method(method, create_backbone("r3d_tiny"), dataset_size=len(videos), overrides=args).data_spec()
+            stride = training_stride(spec.stride)
+        span = clip_span(features.frames, stride)
+        if span > shortest.num_frames:
+            raise ConfigError(f"{suite.path}: row {row!r}: its evaluation clips of eval.features.frames = {features.frames} frames at "
+                              f"stride {stride} span {span} frames, but {shortest.path} has {shortest.num_frames}; evaluation never "
+                              f"loops a video: make (frames - 1) x stride + 1 at most {shortest.num_frames} (eval.features.frames, "
+                              f"eval.features.stride, or the stride the row trains at)")
 
 
 def _check_eval_split(suite: Suite, evaluation) -> None:

@@ -1,5 +1,5 @@
 """Suites are checked whole before the first run trains: every row's keys, overrides and backbones,
-and the evaluation settings against the data (split, gallery size)."""
+and the evaluation settings against the data (split, gallery size, clips that fit every video)."""
 
 from __future__ import annotations
 
@@ -31,8 +31,9 @@ ks = [1, 4]
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    """4 train videos (the gallery) and 2 test videos, in UCF101's layout."""
-    return write_ucf_like(tmp_path_factory.mktemp("suite") / "ucf", {"MoveLeft": 3, "MoveRight": 3})
+    """4 train videos (the gallery) and 2 test videos of 32 frames or more, in UCF101's layout: 16-frame
+    evaluation clips at MoCo's stride 2 span 31 of them."""
+    return write_ucf_like(tmp_path_factory.mktemp("suite") / "ucf", {"MoveLeft": 3, "MoveRight": 3}, frames=32)
 
 
 def _suite(tmp_path, data, extra: str = ""):
@@ -86,6 +87,21 @@ def test_a_k_larger_than_the_gallery_is_refused(tmp_path, data, old, new, messag
     path.write_text(BASE.format(data=data).replace(old, new))
     with pytest.raises(ConfigError, match=f"{path}: {message}"):
         expand(load_suite(path), list_methods())
+
+
+@pytest.mark.parametrize("extra", ['[overrides.moco]\nmethod_args = { stride = 3 }\n',  # the stride evaluation follows
+                                   '[[ablations]]\nname = "slow-moco"\nmethod = "moco"\nmethod_args = { stride = 3 }\n'])
+def test_evaluation_clips_longer_than_a_video_are_refused(tmp_path, data, extra):
+    """16 frames at stride 3 span 46 frames: evaluating the row would fail on the first video shorter
+    than that, after the row had trained (evaluation never loops a video)."""
+    with pytest.raises(ConfigError, match=r"row '(moco|slow-moco)': its evaluation clips of eval.features.frames = 16 frames at "
+                                          r"stride 3 span 46 frames, but .*\.avi has 3\d; .*at most 3\d"):
+        _expand(tmp_path, data, extra)
+
+
+def test_an_evaluation_stride_set_for_every_row_makes_them_fit(tmp_path, data):
+    runs = _expand(tmp_path, data, '[overrides.moco]\nmethod_args = { stride = 3 }\n[eval.features]\nstride = 2\n')
+    assert [r.row for r in runs] == ["moco"]
 
 
 def test_settings_of_protocols_the_suite_does_not_run_are_not_checked(tmp_path, data):

@@ -3,7 +3,8 @@
 # scikit-learn, timm, opencv, matplotlib, pytest-benchmark, ...) for its Python, into .whl/, which
 # benchmarks/gpu/run.sh installs into /tmp/site. The list is what vsbench imports on the GPU run's
 # path (decoding, data generation, the MLflow sqlite store; found by dumping sys.modules after a
-# --tiny run) minus what that image holds.
+# --tiny run, then checked by a --tiny run in a clean virtual environment holding only the image's
+# packages and these wheels) minus what that image holds.
 # Three cuts keep the wheels and the checkout under the device tool's 64 MiB (57 MB of wheels):
 # - MLflow's web UI (mlflow/server/js, about 8 MB) is dropped from its wheel: the run never serves it;
 # - SQLAlchemy comes as its pure-Python wheel (2 MB, not 4.7 with its optional C extensions);
@@ -26,9 +27,8 @@ packages=(
     alembic==1.20.1 mako==1.4.3 sqlparse==0.6.1
     pydantic==2.14.4 pydantic-core==2.50.5 typing-inspection==0.4.5 annotated-types==0.8.0
     opentelemetry-api==1.45.2 opentelemetry-sdk==1.45.2 opentelemetry-proto==1.45.2 opentelemetry-semantic-conventions==0.66b2
-    cachetools==7.3.3 databricks-sdk==0.162.0 google-auth==2.63.0 pyasn1==0.6.5 pyasn1-modules==0.4.2
-    gitpython==3.2.1 gitdb==4.0.12 smmap==5.0.3 importlib-metadata==9.1.0 fastapi==0.165.0 starlette==1.10.0
-    cryptography==50.0.2 cffi==2.1.1 pycparser==3.12
+    cachetools==7.3.3 databricks-sdk==0.162.0 gitpython==3.2.1 gitdb==4.0.12 smmap==5.0.3 importlib-metadata==9.1.0
+    fastapi==0.165.0 starlette==1.10.0 annotated-doc==0.0.7 cryptography==50.0.2 cffi==2.1.1
 )
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version "$py" --implementation cp "${platforms[@]}" -d "$dest" "${packages[@]}"
 # SQLAlchemy's pure-Python wheel: 2 MB against 4.7 MB with its optional C extensions
