@@ -247,6 +247,22 @@ def test_an_mds_file_of_another_version_is_refused_with_the_command(tmp_path):
             build_sampler(name, videos, SimpleNamespace(flow_root=str(tmp_path)))
 
 
+@pytest.mark.parametrize("stride, ok", [(4, True), (3, False), ((2, 4), False)])
+def test_an_mds_file_screened_at_another_stride_is_refused(tmp_path, stride, ok):
+    """Chosen starts are the dynamic ones for clips at the screening stride: sampling at another
+    stride would silently use another clip's screening."""
+    (tmp_path / MDS_NAME).write_text(json.dumps({"version": MDS_VERSION, "settings": {"clip_len": 8, "stride": 4, "block": 28},
+                                                 "videos": {"v_a": {"num_frames": 100, "chosen": [40]}}}))
+    videos = SimpleNamespace(records=[SimpleNamespace(path="/d/v_a.avi", ok=True)])
+    request = SimpleNamespace(flow_root=str(tmp_path), stride=stride)
+    if ok:
+        assert build_sampler("mds", videos, request)(0, 100, ClipSpec(frames=8, stride=4, clips=2), np.random.default_rng(0))[0, 0] == 40
+    else:
+        with pytest.raises(ValueError, match=r"mds\.json was screened with clips 4 frames apart, but this run samples them .* apart.*"
+                                             r"--stride"):
+            build_sampler("mds", videos, request)
+
+
 def test_mscl_key_snap_picks_the_sampler_and_is_validated():
     import methods.mscl  # also registers "mscl"
     from backbones import create_backbone

@@ -5,6 +5,7 @@ failed or was skipped says so in its place instead of leaving a gap.
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 from core.io import write_text_atomic
@@ -163,11 +164,12 @@ def suite_md(figures: dict, table: Path) -> str:
     if result is None or "plan" not in result:
         return "\n".join(lines + [f"Not run: {why or result.get('skipped')}", ""])
     plan = result["plan"]
-    lines += [f"`benchmarks/suites/motionshapes.toml` with seed 0, no ablation rows, {plan['epochs']} epochs per run, "
+    epochs = f"{plan['epochs']} epoch{'s' if plan['epochs'] != 1 else ''}"
+    lines += [f"`benchmarks/suites/motionshapes.toml` with seed 0, no ablation rows, {epochs} per run, "
               f"{plan['eval_clips']} clips per video for retrieval, linear probe and kNN; the supervised row fine-tunes "
-              f"{plan['epochs']} epochs from scratch. Data: MotionShapes ({result['videos']['train']} train / "
+              f"{epochs} from scratch. Data: MotionShapes ({result['videos']['train']} train / "
               f"{result['videos']['test']} test videos). Budget predicted at {plan['seconds']:.0f} s from the throughput stage; "
-              f"the suite {result['status']}.", "", f"Suite command: `{' '.join(result['command'][1:])}`", ""]
+              f"the suite {result['status']} after {figures['stages']['suite'].get('seconds', 0):.0f} s.", "", f"Suite command: `{shlex.join(['vsbench', *result['command'][3:]])}`", ""]
     lines += [table.read_text() if table.exists() else "No table was written (see suite.log).", ""]
     return "\n".join(lines)
 

@@ -31,7 +31,7 @@ from core.config import PretrainConfig
 from core.data.mds import compute_mds
 from core.data.synthetic import PRESETS, generate_motionshapes
 from harness.train import Pretraining
-from methods.base import list_methods
+from methods.base import get_method, list_methods
 from benchmarks.perf.naive_pipeline import NaiveAugment
 
 CUDA = torch.cuda.is_available()
@@ -52,7 +52,8 @@ def data(tmp_path_factory):
     root = generate_motionshapes(tmp_path_factory.mktemp("data") / "ms", PRESETS["tiny"], workers=2, progress=False)
     videos = open_dataset(root, split=1, subset="train", progress=False)
     compute_flow_cache([(r.path, Path(r.path).stem) for r in videos.records], Path(root) / "flow", workers=2, progress=False)
-    compute_mds([Path(r.path).stem for r in videos.records], Path(root) / "flow", stride=2, workers=2, progress=False)
+    stride = get_method("mscl").Config().stride  # screened at the stride MSCL samples at
+    compute_mds([Path(r.path).stem for r in videos.records], Path(root) / "flow", stride=stride, workers=2, progress=False)
     return root
 
 

@@ -350,8 +350,9 @@ def mds_clips(num_frames: int, chosen: Sequence[int], spec: ClipSpec, rng: np.ra
 
 def _chosen_table(videos, request, name: str) -> list[list[int]]:
     """The chosen starts of every video of ``videos`` (by record order) from ``<flow_root>/mds.json``;
-    a missing flow root, a file of another ``MDS_VERSION`` or a listed video without an entry
-    raises, naming the file and the command that (re)writes it."""
+    a missing flow root, a file of another ``MDS_VERSION``, a file screened at another stride than
+    ``request`` samples, or a listed video without an entry raises, naming the file and the command
+    that (re)writes it."""
     if not request.flow_root:
         raise ValueError(f"the {name!r} sampler reads <flow_root>/{MDS_NAME}: set data.flow_root (or use the default <data>/flow) "
                          f"and compute it with `{_CMD}`")
@@ -360,6 +361,11 @@ def _chosen_table(videos, request, name: str) -> list[list[int]]:
     if data.get("version") != MDS_VERSION:
         raise ValueError(f"{path} has version {data.get('version')!r}, this vsbench reads version {MDS_VERSION} "
                          f"(earlier versions scored with a wrong colour wheel); recompute it with `{_CMD}`")
+    screened, sampled = (data.get("settings") or {}).get("stride"), getattr(request, "stride", None)
+    if screened is not None and sampled is not None and stride_range(sampled) != (screened, screened):
+        raise ValueError(f"{path} was screened with clips {screened} frames apart, but this run samples them {sampled!r} apart: "
+                         f"its chosen starts are the dynamic ones at another stride; recompute it with "
+                         f"`vsbench data mds <data path> --stride {sampled}` (or train at stride {screened})")
     table = data["videos"]
     keys = [Path(rec.path).stem for rec in videos.records]
     missing = [k for k, rec in zip(keys, videos.records) if rec.ok and k not in table]  # corrupt videos are skipped anyway
