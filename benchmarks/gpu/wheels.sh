@@ -5,7 +5,7 @@
 # path (decoding, data generation, the MLflow sqlite store; found by dumping sys.modules after a
 # --tiny run, then checked by a --tiny run in a clean virtual environment holding only the image's
 # packages and these wheels) minus what that image holds.
-# Three cuts keep the wheels and the checkout under the device tool's 64 MiB (57 MB of wheels):
+# Three cuts keep the wheels and the checkout under the device tool's 64 MiB (59 MB of wheels):
 # - MLflow's web UI (mlflow/server/js, about 8 MB) is dropped from its wheel: the run never serves it;
 # - SQLAlchemy comes as its pure-Python wheel (2 MB, not 4.7 with its optional C extensions);
 # - decord (14 MB) stays behind: the run then decodes with PyAV (python3 -m benchmarks.gpu picks
