@@ -14,7 +14,7 @@ import torch.nn as nn
 from backbones import create_backbone
 from benchmarks.gpu import report
 from benchmarks.gpu.checks import _conv_errors, conv3d_check
-from benchmarks.gpu.reduced_suite import SuitePlan, dclr_warmup, plan_suite, suite_seconds
+from benchmarks.gpu.reduced_suite import SuitePlan, dclr_warmup, finetune_milestones, plan_suite, suite_seconds
 from benchmarks.perf.naive_pipeline import SeedStyleClips
 from core.data.datasets import open_dataset
 from core.data.loader import ClipDataset, make_loader
@@ -76,6 +76,11 @@ def test_plan_takes_the_largest_budget_that_fits():
 def test_dclr_warmup_keeps_its_share_of_training():
     """The motionshapes suite warms DCLR up for 30 iterations of 10 epochs."""
     assert [dclr_warmup(e) for e in (1, 5, 10)] == [3, 15, 30]
+
+
+def test_supervised_milestones_keep_their_fractions_of_fine_tuning():
+    """The motionshapes suite fine-tunes 10 epochs with milestones 6 and 8."""
+    assert finetune_milestones(10) == [6, 8] and finetune_milestones(5) == [3, 4] and finetune_milestones(1) == [0.6, 0.8]
 
 
 def test_throughput_table_ratios_and_goals():

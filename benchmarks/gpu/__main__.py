@@ -26,6 +26,7 @@ import gc
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import tarfile
@@ -142,7 +143,8 @@ def start_data(run: Run, commands: list[str]) -> subprocess.Popen:
     cli = f"{shlex.quote(sys.executable)} -m harness.cli data"
     steps = [f"{cli} {c.format(data=folder)} --workers {workers}" for c in commands]
     logfile = open(run.work / "data.log", "a")
-    return subprocess.Popen(" && ".join(steps), shell=True, stdout=logfile, stderr=subprocess.STDOUT)
+    # its own process group, so that a step stopped at the deadline takes its worker processes with it
+    return subprocess.Popen(" && ".join(steps), shell=True, stdout=logfile, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def wait_data(run: Run, process: subprocess.Popen | None) -> dict:
@@ -153,7 +155,8 @@ def wait_data(run: Run, process: subprocess.Popen | None) -> dict:
     try:
         rc = process.wait(timeout=max(1.0, run.left() - 60))
     except subprocess.TimeoutExpired:
-        process.kill()
+        os.killpg(process.pid, signal.SIGKILL)  # the shell, the data command and its worker pool
+        process.wait()
         raise RuntimeError("data generation did not finish in time") from None
     if rc != 0:
         raise RuntimeError(f"data generation failed (exit {rc}); see data.log in logs.tar.gz")

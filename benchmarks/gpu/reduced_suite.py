@@ -72,6 +72,15 @@ def dclr_warmup(epochs: int) -> int:
     return max(1, round(full * epochs / suite["pretrain"]["epochs"]))
 
 
+def finetune_milestones(epochs: int) -> list[float]:
+    """The supervised row's learning-rate milestones at ``epochs``: the motionshapes suite's, at the
+    same fractions of its fine-tuning epochs (6 and 8 of 10 -> 0.6 and 0.8 of ``epochs``)."""
+    from core.config import load_toml
+
+    finetune = load_toml(SUITE)["eval"]["finetune"]
+    return [m * epochs / finetune["epochs"] for m in finetune["milestones"]]
+
+
 def suite_settings(plan: SuitePlan, *, data: str, work: Path, workers: int, device: str, backend: str) -> list[str]:
     """``--set`` options that turn the motionshapes suite into the reduced one."""
     settings = {
@@ -82,7 +91,7 @@ def suite_settings(plan: SuitePlan, *, data: str, work: Path, workers: int, devi
         "pretrain.checkpoint_every": str(plan.epochs), "pretrain.output_dir": json.dumps(str(work / "runs")),
         "eval.protocols": json.dumps(PROTOCOLS), "eval.workers": str(workers),
         "eval.features.clips": str(plan.eval_clips), "eval.finetune.epochs": str(plan.epochs),
-        "eval.finetune.milestones": "[]", "eval.finetune.test_clips": str(plan.eval_clips),
+        "eval.finetune.milestones": json.dumps(finetune_milestones(plan.epochs)), "eval.finetune.test_clips": str(plan.eval_clips),
     }
     return [part for key, value in settings.items() for part in ("--set", f"{key}={value}")]
 

@@ -25,5 +25,4 @@ export PYTHONPATH="$PWD:${PYTHONPATH:-}" PYTHONUNBUFFERED=1 MPLBACKEND=Agg
 export VSBENCH_GIT_COMMIT="${VSBENCH_GIT_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>/dev/null || true
 df -h /dev/shm /tmp 2>/dev/null || true  # the loader workers hand batches over in /dev/shm
-set -o pipefail
 timeout $((budget + 60)) python3 -m benchmarks.gpu --out "$out" --budget-s "$budget" "$@" 2>&1 | tee "$out/run.log"

@@ -66,8 +66,8 @@ class NaiveAugment:
         self.generator = torch.Generator().manual_seed(seed)
 
     def __call__(self, batch: dict) -> dict:
-        b, clips = batch["rgb"].shape[:2]
-        videos = [augment_video({m: batch[m][i] for m in ("rgb", "flow") if m in batch}, self.generator, self.spec) for i in range(b)]
+        videos = [augment_video({m: batch[m][i] for m in ("rgb", "flow") if m in batch}, self.generator, self.spec)
+                  for i in range(len(batch["rgb"]))]
         out = {k: v.to(self.device) for k, v in batch.items() if isinstance(v, torch.Tensor) and k not in ("rgb", "flow")}
         out.update({m: torch.stack([v[m] for v in videos]).to(self.device) for m in videos[0]})
         return out

@@ -191,8 +191,14 @@ def locate(root, annotations, videos, ann_names: tuple[str, ...], video_names: t
     ann = Path(annotations) if annotations else first_existing(
         [root / n for n in (*ann_names, "splits", "annotations")] + [root], "the split files' folder", root
     )
-    video_root = Path(videos) if videos else first_existing([root / n for n in (*video_names, "videos")] + [root], "video folder", root)
-    return ann, video_root
+    return ann, video_folder(root, videos, video_names)
+
+
+def video_folder(root, videos, names: tuple[str, ...]) -> Path:
+    """The video folder: ``videos`` when given, else the first of the official ``names``,
+    ``videos`` or ``root`` itself that exists."""
+    root = Path(root)
+    return Path(videos) if videos else first_existing([root / n for n in (*names, "videos")] + [root], "video folder", root)
 
 
 def resolve_video(video_root: Path, rel: str) -> Path | None:

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.data.listing import (SUBSETS, DatasetError, Listed, VideoDataset, VideoRecord, check_listed, first_existing, require_videos,
-                               video_key, with_counts)
+                               video_folder, video_key, with_counts)
 
 ONE_SPLIT_FORMATS = ("ssv2", "diving48", "kinetics")
 MISSING = ("skip", "error")  # what a Kinetics reader does with a listed video that is not on disk
@@ -42,7 +42,7 @@ _NAME = re.compile(r"[A-Za-z0-9_-]+")  # a video id / name as the official lists
 
 SSV2_LABELS = "something-something-v2-labels.json"
 SSV2_LISTS = {"train": "something-something-v2-train.json", "test": "something-something-v2-validation.json"}
-SSV2_VIDEO_DIRS = ("20bn-something-something-v2", "videos")
+SSV2_VIDEO_DIRS = ("20bn-something-something-v2",)  # then videos/, then the root
 _SSV2_ENTRY = '{"id": "<video id>", "template": "<a template of the labels file, with [something] brackets>", ...}'
 _SSV2_LABELS_FORM = 'a JSON object mapping each template to its class id, e.g. {"Putting something on a surface": "138"}'
 
@@ -51,7 +51,7 @@ DIVING48_LISTS = {
     "V2": {"train": "Diving48_V2_train.json", "test": "Diving48_V2_test.json"},
     "V1": {"train": "Diving48_train.json", "test": "Diving48_test.json"},
 }
-DIVING48_VIDEO_DIRS = ("rgb", "videos")
+DIVING48_VIDEO_DIRS = ("rgb",)  # then videos/, then the root
 _DIVING48_ENTRY = '{"vid_name": "<name of rgb/<vid_name>.mp4>", "label": <class index>, "start_frame": <int>, "end_frame": <int>}'
 _DIVING48_VOCAB_FORM = 'a JSON list of [take-off, somersault, twist, flight position] lists, e.g. [["Back", "15som", "05Twis", "FREE"], ...]'
 
@@ -270,7 +270,7 @@ def load_ssv2(
     _check_one_split("Something-Something v2", split, subset)
     root = Path(root)
     ann = Path(annotations) if annotations else _annotation_folder(root, SSV2_LABELS)
-    video_root = Path(videos) if videos else first_existing([root / d for d in SSV2_VIDEO_DIRS] + [root], "video folder", root)
+    video_root = video_folder(root, videos, SSV2_VIDEO_DIRS)
     labels_file = first_existing([ann / SSV2_LABELS], SSV2_LABELS, ann)
     classes = read_ssv2_labels(labels_file)
     lookup = {c: i for i, c in enumerate(classes)}
@@ -347,7 +347,7 @@ def load_diving48(
     root = Path(root)
     lists = [n for names in DIVING48_LISTS.values() for n in names.values()]
     ann = Path(annotations) if annotations else _annotation_folder(root, DIVING48_VOCAB, *lists)
-    video_root = Path(videos) if videos else first_existing([root / d for d in DIVING48_VIDEO_DIRS] + [root], "video folder", root)
+    video_root = video_folder(root, videos, DIVING48_VIDEO_DIRS)
     vocab = first_existing([ann / DIVING48_VOCAB], DIVING48_VOCAB, ann)
     classes = read_diving48_vocab(vocab)
     names = DIVING48_LISTS[_diving48_release(ann)]
